@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh machine:
+#   make repro   create/reuse .venv from requirements.txt, then run the pipeline (dvc repro)
+#   make test    create/reuse .venv from requirements.txt, then run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(CURDIR)/$(VENV)/bin
+# Stages run as `python -m stages.X` through dvc: put the venv first so they find its packages.
+export PATH := $(BIN):$(PATH)
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+
+.PHONY: setup repro test test-all lint format bench clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+repro: setup
+	dvc repro
+
+test: setup
+	python -m pytest
+
+test-all: setup
+	python -m pytest -m "slow or not slow"
+
+lint: setup
+	ruff check .
+	ruff format --check .
+
+format: setup
+	ruff check --fix .
+	ruff format .
+
+bench: setup
+	python scripts/benchmark.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,386 @@
+"""Helpers every stage shares: params loading and validation, atomic and deterministic
+writes, id maps, thread budgets, and the one-line error contract.
+
+Stages raise `StageError` for anything the user can fix; `run_stage` turns it into a single
+`error: ...` line on stderr and a non-zero exit, so the CLI never shows a traceback for bad
+input and no output is replaced (every write goes to a temp file that is renamed at the end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+EXIT_USER_ERROR = 2
+# Fixed zip timestamp: numpy/scipy stamp the wall clock into .npz members, which breaks
+# byte-identical outputs (and so DVC's hashes) between two runs of the same params.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+class StageError(Exception):
+    """A problem the user can fix (bad param, malformed file); shown as one line."""
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's `main()`, mapping user errors to one stderr line and exit code 2."""
+    try:
+        main()
+    except StageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("error: interrupted; previous outputs left untouched", file=sys.stderr)
+        sys.exit(130)
+    except MemoryError:
+        print("error: out of memory; try a smaller scale in params.yaml", file=sys.stderr)
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- params
+
+
+def load_params(section: str, path: Path | str = PARAMS_FILE) -> dict[str, Any]:
+    """Return one top-level section of params.yaml as a dict (errors name the file)."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            params = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; run from the repository root") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise StageError(f"{path}:{where} is not valid YAML") from None
+    if not isinstance(params, dict) or not isinstance(params.get(section), dict):
+        raise StageError(f"{path}: missing section '{section}:' (a mapping of params)")
+    return params[section]
+
+
+class Params:
+    """Typed, validated access to one params section; every error names `section.key`.
+
+    Reading a key marks it used, and `check_unknown()` rejects keys nobody read, so a
+    typo such as `als.factor` fails instead of being silently ignored.
+    """
+
+    def __init__(self, section: str, values: Mapping[str, Any]) -> None:
+        self.section = section
+        self.values = dict(values)
+        self._read: set[str] = set()
+
+    @classmethod
+    def load(cls, section: str, path: Path | str = PARAMS_FILE) -> Params:
+        return cls(section, load_params(section, path))
+
+    def _name(self, key: str) -> str:
+        return f"{self.section}.{key}"
+
+    def _get(self, key: str, default: Any) -> Any:
+        self._read.add(key)
+        if key in self.values:
+            return self.values[key]
+        if default is _REQUIRED:
+            raise StageError(f"params.yaml: missing {self._name(key)}")
+        return default
+
+    def _fail(self, key: str, value: Any, allowed: str) -> StageError:
+        return StageError(f"params.yaml: {self._name(key)} = {value!r}; expected {allowed}")
+
+    def int(
+        self, key: str, default: Any = None, *, min: int | None = None, max: int | None = None
+    ) -> int:
+        value = self._get(key, _REQUIRED if default is None else default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(key, value, f"an integer{_bounds(min, max)}")
+        if (min is not None and value < min) or (max is not None and value > max):
+            raise self._fail(key, value, f"an integer{_bounds(min, max)}")
+        return value
+
+    def float(
+        self,
+        key: str,
+        default: Any = None,
+        *,
+        min: float | None = None,
+        max: float | None = None,
+        min_exclusive: bool = False,
+        max_exclusive: bool = False,
+    ) -> float:
+        value = self._get(key, _REQUIRED if default is None else default)
+        allowed = f"a number{_bounds(min, max, min_exclusive, max_exclusive)}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._fail(key, value, allowed)
+        value = float(value)
+        if not math.isfinite(value):
+            raise self._fail(key, value, allowed)
+        if min is not None and (value < min or (min_exclusive and value == min)):
+            raise self._fail(key, value, allowed)
+        if max is not None and (value > max or (max_exclusive and value == max)):
+            raise self._fail(key, value, allowed)
+        return value
+
+    def bool(self, key: str, default: Any = None) -> bool:
+        value = self._get(key, _REQUIRED if default is None else default)
+        if not isinstance(value, bool):
+            raise self._fail(key, value, "true or false")
+        return value
+
+    def choice(self, key: str, choices: list[str], default: Any = None) -> str:
+        value = self._get(key, _REQUIRED if default is None else default)
+        if value not in choices:
+            raise self._fail(key, value, "one of " + ", ".join(choices))
+        return value
+
+    def str(self, key: str, default: Any = None) -> str:
+        value = self._get(key, _REQUIRED if default is None else default)
+        if not isinstance(value, str) or not value.strip():
+            raise self._fail(key, value, "a non-empty string")
+        return value
+
+    def mapping(self, key: str, default: Any = None) -> dict[str, Any]:
+        value = self._get(key, _REQUIRED if default is None else default)
+        if not isinstance(value, dict) or not value:
+            raise self._fail(key, value, "a non-empty mapping")
+        return dict(value)
+
+    def check_unknown(self) -> None:
+        unknown = sorted(set(self.values) - self._read)
+        if unknown:
+            known = ", ".join(sorted(self._read)) or "none"
+            raise StageError(
+                f"params.yaml: unknown param {self._name(unknown[0])}; known keys: {known}"
+            )
+
+
+_REQUIRED = object()
+
+
+def _bounds(
+    lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False
+) -> str:
+    if lo is None and hi is None:
+        return ""
+    if hi is None:
+        return f" {'>' if lo_open else '>='} {lo}"
+    if lo is None:
+        return f" {'<' if hi_open else '<='} {hi}"
+    return f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+# --------------------------------------------------------------------------- atomic IO
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds.
+
+    The temp name keeps the real suffix (numpy appends `.npz` otherwise) and lives in the
+    same directory, so the final `os.replace` is atomic on POSIX.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.",
+        suffix=suffix if suffix is not None else path.suffix,
+        dir=path.parent,
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Yield a fresh temp directory that replaces `path` (a directory) on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old = path.parent / f".{path.name}.old"
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: Path | str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path | str, obj: Any) -> None:
+    """Atomic, stable JSON (sorted keys, trailing newline) so git diffs stay small."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_json(path: Path | str) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
+    """Atomic, byte-deterministic, pickle-free `.npz` (same arrays -> same bytes).
+
+    Object arrays are refused: they would need pickle to load.
+    """
+    with (
+        atomic_path(path, suffix=".npz") as tmp,
+        zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf,
+    ):
+        for name, value in arrays.items():
+            arr = np.asanyarray(value)
+            if arr.dtype.hasobject:
+                raise TypeError(f"{name}: object arrays need pickle; convert first")
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr, allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+def load_npz(path: Path | str) -> dict[str, np.ndarray]:
+    """Load every array of an `.npz` without pickle; a broken file is a StageError."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; run the upstream stage first (dvc repro)") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise StageError(f"{path}: not a readable .npz file ({exc})") from None
+
+
+def save_csr(path: Path | str, matrix: sp.csr_matrix) -> None:
+    """Write a CSR matrix readable by `scipy.sparse.load_npz`, deterministically."""
+    m = sp.csr_matrix(matrix)
+    m.sort_indices()
+    write_npz(
+        path,
+        indices=m.indices,
+        indptr=m.indptr,
+        format=np.array(b"csr"),
+        shape=np.array(m.shape),
+        data=m.data,
+    )
+
+
+def load_csr(path: Path | str) -> sp.csr_matrix:
+    """Load a CSR matrix written by `save_csr` (or scipy's `save_npz`)."""
+    try:
+        return sp.load_npz(path).tocsr()
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; run the upstream stage first (dvc repro)") from None
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise StageError(f"{path}: not a readable sparse matrix ({exc})") from None
+
+
+# --------------------------------------------------------------------------- id maps
+
+
+def save_ids(path: Path | str, column: str, ids: np.ndarray) -> None:
+    """Id map as a one-column CSV: line i+1 holds the external id of row/column i."""
+    ids = np.asarray(ids).astype(str)
+    text = column + "\n" + "".join(f"{_csv_field(x)}\n" for x in ids.tolist())
+    write_text(path, text)
+
+
+def load_ids(path: Path | str, column: str) -> np.ndarray:
+    import pandas as pd  # local: keeps `import stages.common` light for the CLI
+
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; run the upstream stage first (dvc repro)") from None
+    if list(frame.columns) != [column]:
+        raise StageError(f"{path}: expected a single column '{column}'")
+    return frame[column].to_numpy(dtype=str)
+
+
+def _csv_field(value: str) -> str:
+    if any(c in value for c in ',"\n\r'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def cpu_budget() -> int:
+    """Cores this process may use (respects affinity masks / cgroup-pinned CPUs)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def queue_workers() -> int:
+    """How many `dvc exp queue-worker` processes serve the queue this stage runs under.
+
+    `dvc queue start -j N` spawns N worker processes named `dvc-exp-<repo-hash>-<n>@localhost`;
+    a stage they run is their descendant. Outside a queue this is 1.
+    """
+    import psutil  # a DVC dependency; imported here so plain stages do not pay for it
+
+    try:
+        proc = psutil.Process()
+        node = None
+        for parent in proc.parents():
+            cmd = parent.cmdline()
+            if "queue-worker" in cmd:
+                node = cmd[cmd.index("queue-worker") + 1]
+                break
+        if node is None:
+            return 1
+        prefix = node.rsplit("-", 1)[0] + "-"
+        count = 0
+        for other in psutil.process_iter(["cmdline"]):
+            cmd = other.info.get("cmdline") or []
+            if "queue-worker" in cmd and any(arg.startswith(prefix) for arg in cmd):
+                count += 1
+        return max(1, count)
+    except (psutil.Error, ValueError, IndexError):
+        return 1
+
+
+def worker_threads(requested: int = 0) -> int:
+    """Threads for this stage's numeric work, shared fairly with parallel DVC workers.
+
+    `requested` > 0 wins (params), then the `RECSYS_THREADS` environment variable, then the
+    cores this process may use divided by the number of live queue workers, so that
+    `dvc queue start -j 2` on 2 cores gives each experiment one thread instead of four.
+    """
+    if requested > 0:
+        return requested
+    env = os.environ.get("RECSYS_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise StageError(f"RECSYS_THREADS={env!r}; expected a positive integer")
+        return int(env)
+    return max(1, cpu_budget() // queue_workers())

@@ -1,0 +1,58 @@
+"""Stage `matrix`: the users x items CSR matrix of confidences, with stable id maps.
+
+Rows and columns follow the sorted external ids, so the same pairs always give the same
+matrix and maps (DVC hashes stay stable). A second matrix with the same sparsity holds each
+pair's last timestamp, for the time-based split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from stages.common import StageError, run_stage, save_csr, save_ids
+
+INPUT = "data/confidence.parquet"
+
+
+def load_pairs(path: str = INPUT) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; run the confidence stage first (dvc repro)") from None
+
+
+def build(pairs: pd.DataFrame) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray, np.ndarray]:
+    """Return (confidence CSR float32, last-seen CSR int64, user ids, item ids)."""
+    if pairs.empty:
+        raise StageError(f"{INPUT}: no (user, item) pairs; the event log is empty")
+    user_ids, rows = np.unique(pairs["USER_ID"].to_numpy(dtype=str), return_inverse=True)
+    item_ids, cols = np.unique(pairs["ITEM_ID"].to_numpy(dtype=str), return_inverse=True)
+    shape = (len(user_ids), len(item_ids))
+    confidence = sp.csr_matrix(
+        (pairs["CONFIDENCE"].to_numpy(np.float32), (rows, cols)), shape=shape, dtype=np.float32
+    )
+    last_seen = sp.csr_matrix(
+        (pairs["LAST_TIMESTAMP"].to_numpy(np.int64), (rows, cols)), shape=shape, dtype=np.int64
+    )
+    if confidence.nnz != len(pairs):
+        raise StageError(f"{INPUT}: duplicate (USER_ID, ITEM_ID) pairs; re-run confidence")
+    return confidence, last_seen, user_ids, item_ids
+
+
+def main() -> None:
+    confidence, last_seen, user_ids, item_ids = build(load_pairs())
+    save_csr("data/matrix.npz", confidence)
+    save_csr("data/last_seen.npz", last_seen)
+    save_ids("data/user_ids.csv", "USER_ID", user_ids)
+    save_ids("data/item_ids.csv", "ITEM_ID", item_ids)
+    density = confidence.nnz / (confidence.shape[0] * confidence.shape[1])
+    print(
+        f"matrix: {confidence.shape[0]:,} users x {confidence.shape[1]:,} items, "
+        f"{confidence.nnz:,} pairs (density {density:.3%})"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,100 @@
+"""Shared fixtures: a throw-away copy of this repository driven by the real `dvc` CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a clone needs to run the pipeline; outputs, dvc.lock and metrics are left behind so
+# each test starts from nothing.
+REPO_FILES = ["stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+
+# Small enough for a 2-core CI machine, big enough for every stage to have real work.
+SMALL_PARAMS: dict[str, dict] = {
+    "generate": {"users": 1500, "interactions": 12000},
+    "als": {"factors": 8, "iterations": 3, "threads": 1},
+    "evaluate": {"k": 10},
+    "export": {"top_n": 10, "fallback_size": 20},
+}
+
+
+def tool_env() -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin first, a git identity, no pager."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(
+        GIT_AUTHOR_NAME="recsys-dvc tests",
+        GIT_AUTHOR_EMAIL="tests@example.invalid",
+        GIT_COMMITTER_NAME="recsys-dvc tests",
+        GIT_COMMITTER_EMAIL="tests@example.invalid",
+        DVC_NO_ANALYTICS="1",
+        GIT_TERMINAL_PROMPT="0",
+        PAGER="cat",
+    )
+    return env
+
+
+def run(
+    args: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, returning its output; on an unexpected exit show what it printed."""
+    proc = subprocess.run(
+        args, cwd=cwd, env=env or tool_env(), capture_output=True, text=True, timeout=600
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}"
+            f"\n--- stderr\n{proc.stderr}"
+        )
+    return proc
+
+
+def set_params(repo: Path, updates: dict[str, dict]) -> None:
+    """Merge `updates` (section -> {key: value}) into the copy's params.yaml."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in updates.items():
+        params.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_repo_copy(dest: Path, params: dict[str, dict] | None = None) -> Path:
+    """Copy the project into `dest` as a fresh git repository with one commit."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in REPO_FILES:
+        src = ROOT / name
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, target)
+    set_params(dest, SMALL_PARAMS if params is None else params)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "initial"], dest)
+    return dest
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """A small-params copy of the project, committed, with no outputs yet."""
+    return make_repo_copy(tmp_path / "repo")
+
+
+@pytest.fixture
+def dvc(repo_copy: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `dvc ARGS...` in the repo copy."""
+
+    def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(["dvc", *args], repo_copy, check=check)
+
+    return _dvc

@@ -1,0 +1,116 @@
+"""Unit tests of the pure functions behind confidence, matrix and mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from stages.common import Params, StageError
+from stages.confidence import aggregate
+from stages.confidence import read_params as confidence_params
+from stages.mask import random_split
+from stages.mask import read_params as mask_params
+from stages.matrix import build
+
+WEIGHTS = {"View": 1.0, "AddToCart": 2.0, "ViewCart": 3.0, "StartCheckout": 4.0, "Purchase": 5.0}
+
+
+def events(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["USER_ID", "ITEM_ID", "EVENT_TYPE", "TIMESTAMP"])
+    for col in ["USER_ID", "ITEM_ID", "EVENT_TYPE"]:
+        frame[col] = frame[col].astype("category")
+    return frame
+
+
+LOG = events(
+    [
+        ("u1", "a", "View", 10),
+        ("u1", "a", "View", 20),
+        ("u1", "a", "Purchase", 30),
+        ("u1", "b", "AddToCart", 15),
+        ("u2", "a", "ViewCart", 5),
+    ]
+)
+
+
+def test_sum_aggregation_adds_weights_per_pair() -> None:
+    pairs = aggregate(LOG, WEIGHTS, "sum", 1.0).set_index(["USER_ID", "ITEM_ID"])
+    assert pairs.loc[("u1", "a"), "CONFIDENCE"] == 1 + 1 + 5
+    assert pairs.loc[("u1", "b"), "CONFIDENCE"] == 2
+    assert pairs.loc[("u2", "a"), "CONFIDENCE"] == 3
+    assert pairs.loc[("u1", "a"), "LAST_TIMESTAMP"] == 30
+    assert pairs["CONFIDENCE"].dtype == np.float32
+    assert len(pairs) == 3
+
+
+def test_log_aggregation_damps_large_sums() -> None:
+    pairs = aggregate(LOG, WEIGHTS, "log", 2.0).set_index(["USER_ID", "ITEM_ID"])
+    assert pairs.loc[("u1", "a"), "CONFIDENCE"] == pytest.approx(np.log1p(7 / 2), rel=1e-6)
+    assert pairs.loc[("u1", "b"), "CONFIDENCE"] == pytest.approx(np.log1p(1.0), rel=1e-6)
+
+
+def test_event_type_without_weight_is_named() -> None:
+    with pytest.raises(StageError, match="'Purchase' has no weight"):
+        aggregate(LOG, {k: v for k, v in WEIGHTS.items() if k != "Purchase"}, "sum", 1.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"weights": {"View": -1}}, "confidence.weights.View = -1"),
+        ({"weights": WEIGHTS, "aggregation": "max"}, "confidence.aggregation = 'max'"),
+        ({"weights": WEIGHTS, "log_epsilon": 0}, "confidence.log_epsilon = 0"),
+        ({"weights": WEIGHTS, "weight": 1}, "unknown param confidence.weight"),
+    ],
+)
+def test_bad_confidence_params(values: dict, message: str) -> None:
+    with pytest.raises(StageError, match=message):
+        confidence_params(Params("confidence", values))
+
+
+def test_matrix_ids_are_sorted_and_stable() -> None:
+    pairs = aggregate(LOG, WEIGHTS, "sum", 1.0)
+    matrix, last_seen, users, items = build(pairs.sample(frac=1.0, random_state=3))
+    assert list(users) == ["u1", "u2"] and list(items) == ["a", "b"]
+    assert matrix.dtype == np.float32 and sp.isspmatrix_csr(matrix)
+    np.testing.assert_array_equal(matrix.toarray(), [[7, 2], [3, 0]])
+    np.testing.assert_array_equal(last_seen.toarray(), [[30, 15], [5, 0]])
+
+
+def random_matrix(seed: int = 0) -> sp.csr_matrix:
+    return sp.random(300, 80, density=0.05, format="csr", dtype=np.float32, rng=seed) * 10
+
+
+def test_random_split_partitions_the_pairs() -> None:
+    matrix = random_matrix()
+    train, test = random_split(matrix, 0.2, seed=1)
+    assert train.shape == test.shape == matrix.shape
+    assert test.nnz == round(0.2 * matrix.nnz)
+    assert train.nnz + test.nnz == matrix.nnz
+    assert (train.multiply(test)).nnz == 0  # no pair on both sides
+    assert abs(train + test - matrix).max() == 0
+
+
+def test_random_split_is_seeded() -> None:
+    matrix = random_matrix()
+    a = random_split(matrix, 0.2, seed=1)[1]
+    b = random_split(matrix, 0.2, seed=1)[1]
+    c = random_split(matrix, 0.2, seed=2)[1]
+    assert (a != b).nnz == 0
+    assert (a != c).nnz > 0
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"fraction": 1.5}, r"mask.fraction = 1.5; expected a number in \(0, 1\)"),
+        ({"fraction": 0}, "mask.fraction = 0"),
+        ({"strategy": "users"}, "mask.strategy = 'users'; expected one of random, time"),
+        ({"seed": "x"}, "mask.seed = 'x'; expected an integer"),
+    ],
+)
+def test_bad_mask_params(values: dict, message: str) -> None:
+    with pytest.raises(StageError, match=message):
+        mask_params(Params("mask", values))
