@@ -1,0 +1,124 @@
+"""End-to-end: the real `dvc` CLI on a small-params copy of this repository."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import yaml
+
+from tests.conftest import make_repo_copy, run, set_params
+
+pytestmark = pytest.mark.dvc
+
+STAGES = ["generate", "confidence", "matrix", "mask", "train", "evaluate", "export"]
+MODEL_STAGES = {"train", "evaluate", "export"}
+
+
+def ran_stages(output: str) -> set[str]:
+    return {s for s in STAGES if f"Running stage '{s}'" in output}
+
+
+def lock_hashes(repo: Path) -> dict[str, str]:
+    """Output path -> md5 for every out recorded in dvc.lock."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+    }
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    repo = make_repo_copy(tmp_path_factory.mktemp("pipeline") / "repo")
+    proc = run(["dvc", "repro"], repo)
+    return repo, proc.stdout + proc.stderr
+
+
+def test_repro_runs_every_stage_and_writes_the_contract_files(
+    reproduced: tuple[Path, str],
+) -> None:
+    repo, output = reproduced
+    assert ran_stages(output) == set(STAGES)
+    header = (repo / "data/interactions.csv").read_text().splitlines()[0]
+    assert header == "ITEM_ID,USER_ID,EVENT_TYPE,TIMESTAMP,DISCOUNT"
+    train = sp.load_npz(repo / "data/train.npz")
+    test = sp.load_npz(repo / "data/test.npz")
+    full = sp.load_npz(repo / "data/matrix.npz")
+    assert train.shape == test.shape == full.shape
+    assert train.nnz + test.nnz == full.nnz and train.multiply(test).nnz == 0
+    with np.load(repo / "models/als.npz", allow_pickle=False) as model:
+        assert model["user_factors"].dtype == np.float32
+        assert model["user_factors"].shape == (full.shape[0], 8)
+        assert model["item_factors"].shape == (full.shape[1], 8)
+    metrics = json.loads((repo / "metrics/metrics.json").read_text())
+    for key in ["map_at_k", "precision_at_k", "recall_at_k", "ndcg_at_k", "hit_rate_at_k"]:
+        assert 0.0 <= metrics[key] <= 1.0
+        assert 0.0 <= metrics["baseline"][key] <= 1.0
+    assert metrics["users"] == int(np.count_nonzero(np.diff(test.tocsr().indptr)))
+    assert (repo / "models/bundle/metadata.json").is_file()
+
+
+def test_second_repro_skips_everything(reproduced: tuple[Path, str]) -> None:
+    repo, _ = reproduced
+    proc = run(["dvc", "repro"], repo)
+    assert ran_stages(proc.stdout) == set()
+    assert run(["dvc", "status"], repo).stdout.strip().endswith("up to date.")
+
+
+def test_same_seed_gives_the_same_lock_hashes(reproduced: tuple[Path, str], tmp_path: Path) -> None:
+    repo, _ = reproduced
+    other = make_repo_copy(tmp_path / "again")
+    run(["dvc", "repro"], other)
+    assert lock_hashes(other) == lock_hashes(repo)
+    assert md5(other / "metrics/metrics.json") == md5(repo / "metrics/metrics.json")
+
+
+def test_changing_als_params_reruns_only_the_model_stages(
+    reproduced: tuple[Path, str],
+) -> None:
+    repo, _ = reproduced
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "reproduced"], repo)
+    proc = run(["dvc", "exp", "run", "-S", "als.factors=6"], repo)
+    assert ran_stages(proc.stdout) == MODEL_STAGES
+    with np.load(repo / "models/als.npz", allow_pickle=False) as model:
+        assert model["item_factors"].shape[1] == 6
+    run(["git", "checkout", "-q", "--", "."], repo)
+    run(["dvc", "checkout", "-q"], repo)
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("mask", {"fraction": 1.5}, "mask.fraction = 1.5"),
+        ("generate", {"users": -3}, "generate.users = -3"),
+        ("als", {"factors": 0}, "als.factors = 0"),
+        ("evaluate", {"k": -1}, "evaluate.k = -1"),
+    ],
+)
+def test_bad_param_fails_in_one_line_and_keeps_outputs(
+    reproduced: tuple[Path, str], section: str, values: dict, message: str
+) -> None:
+    repo, _ = reproduced
+    before = {p: md5(repo / p) for p in lock_hashes(repo) if (repo / p).is_file()}
+    original = (repo / "params.yaml").read_text()
+    try:
+        set_params(repo, {section: values})
+        proc = run(["dvc", "repro"], repo, check=False)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert {p: md5(repo / p) for p in before} == before
