@@ -47,6 +47,7 @@ def load_events(path: str = INTERACTIONS) -> pd.DataFrame:
             usecols=COLUMNS,
             dtype={"USER_ID": "category", "ITEM_ID": "category", "EVENT_TYPE": "category"},
             engine="pyarrow",
+            keep_default_na=False,  # ids such as "NA" or "null" are ids, not missing values
         )
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run the generate stage first (dvc repro)") from None

@@ -15,7 +15,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 # What a clone needs to run the pipeline; outputs, dvc.lock and metrics are left behind so
 # each test starts from nothing.
-REPO_FILES = ["stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+REPO_FILES = [
+    "stages",
+    "events",
+    "dvc.yaml",
+    "params.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
 
 # Small enough for a 2-core CI machine, big enough for every stage to have real work.
 SMALL_PARAMS: dict[str, dict] = {

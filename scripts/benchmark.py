@@ -1,0 +1,162 @@
+"""Benchmark the pipeline: wall time and peak memory per stage, plus in-run baselines.
+
+Not a test: it prints figures. Each stage runs as its own process (`python -m stages.X`, as DVC
+runs it) in a scratch copy of the repository, so peak RSS is per stage. Baselines are measured
+in the same run on the same data: bare `implicit` fit() for train, `ranking_metrics_at_k` for
+evaluate.
+
+    python scripts/benchmark.py                 # default scale (100k users, 800k events)
+    python scripts/benchmark.py --scale 1 10    # also 10x (1M users, 8M events)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["generate", "confidence", "matrix", "mask", "train", "evaluate", "export"]
+DATA_STAGES = STAGES[:4]
+
+
+def run_stage(stage: str, cwd: Path) -> tuple[float, float]:
+    """Run one stage; return (wall seconds, peak RSS in MiB) of that process alone."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"stages.{stage}"],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"stage {stage} failed:\n{err}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def scratch_repo(scale: int, parent: Path) -> Path:
+    repo = parent / f"scale{scale}"
+    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["generate"]["users"] *= scale
+    params["generate"]["interactions"] *= scale
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return repo
+
+
+def baselines(repo: Path) -> dict[str, float]:
+    """Time the library calls our stages wrap, on the same data, in this process."""
+    from threadpoolctl import threadpool_limits
+
+    sys.path.insert(0, str(repo))
+    cwd = os.getcwd()
+    os.chdir(repo)
+    try:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from implicit.evaluation import ranking_metrics_at_k
+
+        from stages.common import load_csr, load_npz
+
+        params = yaml.safe_load(Path("params.yaml").read_text())
+        als = params["als"]
+        train = load_csr("data/train.npz")
+        test = load_csr("data/test.npz")
+        threads = als["threads"] or len(os.sched_getaffinity(0))
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=als["factors"],
+                regularization=als["regularization"],
+                alpha=als["alpha"],
+                iterations=als["iterations"],
+                use_cg=als["use_cg"],
+                random_state=als["random_state"],
+                num_threads=threads,
+            )
+            start = time.perf_counter()
+            model.fit(train, show_progress=False)
+            fit = time.perf_counter() - start
+            saved = load_npz("models/als.npz")
+            model.user_factors = saved["user_factors"]
+            model.item_factors = saved["item_factors"]
+            start = time.perf_counter()
+            ranking_metrics_at_k(model, train, test, K=params["evaluate"]["k"], show_progress=False)
+            rank = time.perf_counter() - start
+        return {"fit": fit, "ranking_metrics_at_k": rank}
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(repo))
+
+
+def recommend_latency(repo: Path, calls: int = 2000) -> float:
+    """Mean milliseconds for one recommendation from a loaded bundle."""
+    code = (
+        "import time, numpy as np\n"
+        "from stages.recommend import load_bundle\n"
+        "b = load_bundle('models/bundle')\n"
+        "ids = np.asarray(b.user_ids)[:: max(1, len(b.user_ids) // 1000)][:1000]\n"
+        f"n = {calls}\n"
+        "t = time.perf_counter()\n"
+        "for i in range(n): b.recommend(str(ids[i % len(ids)]), 10)\n"
+        "print((time.perf_counter() - t) / n * 1000)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--data-only", action="store_true", help="only generate/confidence/matrix/mask"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    args = parser.parse_args()
+    parent = Path(tempfile.mkdtemp(prefix="recsys-bench-"))
+    try:
+        for scale in args.scale:
+            repo = scratch_repo(scale, parent)
+            stages = DATA_STAGES if args.data_only else STAGES
+            gen = yaml.safe_load((repo / "params.yaml").read_text())["generate"]
+            print(f"\n== scale {scale}x: {gen['users']:,} users, {gen['interactions']:,} events")
+            print(f"{'stage':<12}{'wall s':>10}{'peak MiB':>12}")
+            walls: dict[str, float] = {}
+            for stage in stages:
+                wall, rss = run_stage(stage, repo)
+                walls[stage] = wall
+                print(f"{stage:<12}{wall:>10.2f}{rss:>12.0f}")
+            data = sum(walls[s] for s in DATA_STAGES)
+            print(f"{'data stages':<12}{data:>10.2f}")
+            print(f"{'all stages':<12}{sum(walls.values()):>10.2f}")
+            if not args.data_only:
+                base = baselines(repo)
+                fit, rank = base["fit"], base["ranking_metrics_at_k"]
+                overhead = walls["train"] / fit - 1
+                print(f"train vs bare implicit fit() {fit:.2f} s: overhead {overhead:+.1%}")
+                ratio = walls["evaluate"] / rank
+                print(
+                    f"evaluate vs ranking_metrics_at_k() {rank:.2f} s: "
+                    f"{ratio:.2f}x (whole stage incl. startup, model + baseline + all metrics)"
+                )
+                print(f"one recommendation from a loaded bundle: {recommend_latency(repo):.4f} ms")
+    finally:
+        if args.keep:
+            print(f"scratch copies kept in {parent}")
+        else:
+            shutil.rmtree(parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""Markdown report of what a change does to the pipeline: metrics, params and the per-K plot.
+
+CI posts it as the pull-request comment. Every number comes from DVC's own diff commands, run
+as subprocesses, so the comment always agrees with what a reviewer gets from `dvc metrics diff`
+and `dvc params diff` on their machine.
+
+    python scripts/pr_report.py --base origin/main [--new REV] [--out report.md]
+                                [--plots-dir report_plots [--plots-url URL]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HEADLINE_METRIC = "map_at_k"
+WORKSPACE = "workspace"
+EXIT_USER_ERROR = 2
+
+
+class ReportError(Exception):
+    """A problem the user can fix (bad ref, not a DVC repo); shown as one line."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a diff table: a metric or param with its value on both sides."""
+
+    path: str
+    name: str
+    old: Any
+    new: Any
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def format_value(value: Any) -> str:
+    """Short, stable text for a table cell; `-` for a side where the value is absent."""
+    if value is None:
+        return "-"
+    if _is_number(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+    return f"`{value}`"
+
+
+def format_change(old: Any, new: Any) -> tuple[str, str]:
+    """Signed absolute and relative change; words instead of numbers when there is no pair."""
+    if old is None and new is not None:
+        return "added", "-"
+    if new is None and old is not None:
+        return "removed", "-"
+    if not (_is_number(old) and _is_number(new)):
+        return ("-", "-") if old == new else ("changed", "-")
+    diff = new - old
+    if diff == 0:
+        return "0", "0%"
+    absolute = f"{diff:+.6g}" if isinstance(diff, float) else f"{diff:+d}"
+    relative = f"{diff / abs(old) * 100:+.2f}%" if old != 0 else "-"
+    return absolute, relative
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _table(rows: list[Row], label: str, with_path: bool) -> list[str]:
+    head = (["File"] if with_path else []) + [label, "Old", "New", "Change", "Change %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        absolute, relative = format_change(row.old, row.new)
+        name = f"**{row.name}**" if row.name == HEADLINE_METRIC else row.name
+        cells = ([_escape(row.path)] if with_path else []) + [
+            _escape(name),
+            _escape(format_value(row.old)),
+            _escape(format_value(row.new)),
+            absolute,
+            relative,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _changed(row: Row) -> bool:
+    return row.old != row.new
+
+
+def render_report(
+    base: str,
+    new: str,
+    metrics: list[Row],
+    params: list[Row],
+    plots: list[tuple[str, str]] | None = None,
+    plots_page: str | None = None,
+) -> str:
+    """Markdown for the comment: headline, metric table, param table, then the plots.
+
+    `metrics` holds every metric (changed or not) in display order; `params` only the changed
+    params. `plots` is (title, image path or URL) pairs; `plots_page` links the interactive page.
+    """
+    changed_metrics = [row for row in metrics if _changed(row)]
+    lines = [f"## DVC report: `{base}` -> `{new}`", ""]
+    if not changed_metrics and not params:
+        lines += ["**No change**: every metric and param is the same as on the base.", ""]
+    else:
+        n_params = f"{len(params)} param" + ("" if len(params) == 1 else "s")
+        lines += [f"Changed: {len(changed_metrics)} of {len(metrics)} metrics, {n_params}.", ""]
+
+    lines += ["### Metrics", ""]
+    if metrics:
+        with_path = len({row.path for row in metrics}) > 1
+        lines += _table(metrics, "Metric", with_path)
+    else:
+        lines.append("No metrics found on either side.")
+    lines.append("")
+
+    lines += ["### Params", ""]
+    if params:
+        with_path = len({row.path for row in params}) > 1
+        lines += _table(params, "Param", with_path)
+    else:
+        lines.append("No param changed.")
+    lines.append("")
+
+    if plots is not None:
+        lines += ["### Per-K ranking quality", ""]
+        if plots:
+            for title, image in plots:
+                lines += [f"![{title}]({image})", ""]
+        else:
+            lines += ["No per-K plot found (a `dvc.yaml` plot with `x: k`).", ""]
+        if plots_page:
+            lines += [f"Every plot, interactive: [index.html]({plots_page})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- DVC and git
+
+
+def _run(cmd: list[str], repo: Path) -> str:
+    """Run a command in the repository; its own error line becomes the report's error."""
+    try:
+        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise ReportError(f"cannot run {cmd[0]}: {exc.strerror}") from None
+    if proc.returncode != 0:
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("ERROR")] or lines or ["no output"]
+        raise ReportError(f"`{' '.join(cmd[2:] if cmd[1:2] == ['-m'] else cmd)}`: {errors[-1]}")
+    return proc.stdout
+
+
+def _dvc(args: list[str], repo: Path) -> str:
+    # The interpreter running this script has DVC installed; PATH may not list its `dvc`.
+    return _run([sys.executable, "-m", "dvc", *args], repo)
+
+
+def _dvc_json(args: list[str], repo: Path) -> dict[str, Any]:
+    out = _dvc([*args, "--json"], repo)
+    try:
+        data = json.loads(out or "{}")
+    except json.JSONDecodeError:
+        raise ReportError(f"`dvc {' '.join(args)} --json` printed no JSON") from None
+    return data if isinstance(data, dict) else {}
+
+
+def check_repo(repo: Path, base: str, new: str) -> None:
+    """Fail early with one clear line, before any DVC command prints its own noise."""
+    if not repo.is_dir():
+        raise ReportError(f"{repo}: no such directory")
+    try:
+        top = Path(_run(["git", "rev-parse", "--show-toplevel"], repo).strip()).resolve()
+    except ReportError:
+        raise ReportError(f"{repo}: not inside a git repository") from None
+    here = repo.resolve()
+    # DVC's own rule: a `.dvc` folder here or in a parent, inside the git work tree.
+    if not any((d / ".dvc").is_dir() for d in [here, *here.parents] if d.is_relative_to(top)):
+        raise ReportError(f"{repo}: not a DVC repository (run `dvc init` first)")
+    for ref in (base, new):
+        if ref == WORKSPACE:
+            continue
+        try:
+            _run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], repo)
+        except ReportError:
+            raise ReportError(f"unknown git revision {ref!r}") from None
+
+
+def _flatten(data: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of a nested mapping in file order, as DVC names nested metrics."""
+    if not isinstance(data, dict):
+        return [prefix] if prefix else []
+    keys: list[str] = []
+    for key, value in data.items():
+        keys += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    return keys
+
+
+def _file_order(repo: Path, path: str, rev: str) -> list[str]:
+    """Metric names in the order the file lists them (DVC's JSON puts changed ones first)."""
+    try:
+        if rev == WORKSPACE:
+            text = (repo / path).read_text(encoding="utf-8")
+        else:
+            text = _run(["git", "show", f"{rev}:{path}"], repo)
+        return _flatten(json.loads(text))
+    except (OSError, ReportError, json.JSONDecodeError):
+        return []
+
+
+def _revs(base: str, new: str) -> list[str]:
+    return [base] if new == WORKSPACE else [base, new]
+
+
+def metric_rows(repo: Path, base: str, new: str) -> list[Row]:
+    """Every metric of both sides: the headline first, then top-level ones, then nested groups.
+
+    Within each part the file's own order is kept, so related metrics stay side by side.
+    """
+    diff = _dvc_json(["metrics", "diff", *_revs(base, new), "--all"], repo)
+    rows: list[Row] = []
+    for path in sorted(diff):
+        entries = diff[path]
+        order = _file_order(repo, path, new) + _file_order(repo, path, base)
+        rank = {name: i for i, name in reversed(list(enumerate(order)))}
+        names = sorted(
+            entries, key=lambda n: (n != HEADLINE_METRIC, "." in n, rank.get(n, len(rank)), n)
+        )
+        rows += [Row(path, n, entries[n].get("old"), entries[n].get("new")) for n in names]
+    return sorted(rows, key=lambda row: row.name != HEADLINE_METRIC)
+
+
+def param_rows(repo: Path, base: str, new: str) -> list[Row]:
+    """Only the params that differ; an unchanged knob is noise in a review."""
+    diff = _dvc_json(["params", "diff", *_revs(base, new)], repo)
+    return [
+        Row(path, name, entry.get("old"), entry.get("new"))
+        for path in sorted(diff)
+        for name, entry in diff[path].items()
+    ]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "plot"
+
+
+def per_k_plots(
+    repo: Path, base: str, new: str, out_dir: Path
+) -> tuple[list[tuple[str, Path]], Path]:
+    """Render the plots drawn against K as PNG, plus DVC's interactive HTML page.
+
+    A plot counts as per-K when its x field is `k`, so renaming a plot in dvc.yaml keeps working.
+    """
+    try:
+        import vl_convert
+    except ImportError:
+        raise ReportError("--plots-dir needs vl-convert-python (see requirements.txt)") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        page = pool.submit(
+            _dvc, ["plots", "diff", *_revs(base, new), "--out", str(out_dir.resolve())], repo
+        )
+        data = _dvc_json(["plots", "diff", *_revs(base, new)], repo).get("data", {})
+        page.result()
+    images: list[tuple[str, Path]] = []
+    for plot_id, renders in data.items():
+        for render in renders:
+            spec = render.get("content") if render.get("type") == "vega" else None
+            if not isinstance(spec, dict):
+                continue
+            if spec.get("encoding", {}).get("x", {}).get("field") != "k":
+                continue
+            image = out_dir / f"{_slug(plot_id)}.png"
+            image.write_bytes(vl_convert.vegalite_to_png(spec, scale=1.5))
+            images.append((plot_id, image))
+    return images, out_dir / "index.html"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_report(
+    repo: Path,
+    base: str,
+    new: str,
+    plots_dir: Path | None = None,
+    out: Path | None = None,
+    plots_url: str | None = None,
+) -> str:
+    """Collect the diffs and render them; image links are relative to the report file."""
+    check_repo(repo, base, new)
+    # Each DVC command spends most of its time starting up: run them side by side.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        metrics_job = pool.submit(metric_rows, repo, base, new)
+        params_job = pool.submit(param_rows, repo, base, new)
+        plots_job = (
+            None if plots_dir is None else pool.submit(per_k_plots, repo, base, new, plots_dir)
+        )
+        metrics, params = metrics_job.result(), params_job.result()
+        rendered = None if plots_job is None else plots_job.result()
+    plots = page = None
+    if rendered is not None:
+        images, html = rendered
+        anchor = out.resolve().parent if out is not None else Path.cwd()
+
+        def rel(path: Path) -> str:
+            return Path(os.path.relpath(path.resolve(), anchor)).as_posix()
+
+        plots = [(title, rel(image)) for title, image in images]
+        page = plots_url or (rel(html) if html.exists() else None)
+    return render_report(base, new, metrics, params, plots, page)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", required=True, help="git revision to compare against")
+    parser.add_argument(
+        "--new", default=WORKSPACE, help="git revision to report on (default: the workspace)"
+    )
+    parser.add_argument("--out", type=Path, help="write the markdown here instead of stdout")
+    parser.add_argument(
+        "--plots-dir", type=Path, help="also render the per-K plot (PNG + HTML) into this folder"
+    )
+    parser.add_argument(
+        "--plots-url", help="link for the interactive plots page (default: its local path)"
+    )
+    parser.add_argument("--repo", type=Path, default=Path("."), help="repository root")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: report to stdout or --out; one `error:` line and exit 2 on bad input."""
+    args = parse_args(argv)
+    try:
+        report = build_report(
+            args.repo, args.base, args.new, args.plots_dir, args.out, args.plots_url
+        )
+        if args.out is None:
+            sys.stdout.write(report)
+            return 0
+        tmp = args.out.with_name(f".{args.out.name}.tmp")
+        try:
+            tmp.write_text(report, encoding="utf-8")
+            tmp.replace(args.out)
+        except OSError as exc:
+            raise ReportError(f"cannot write {args.out}: {exc.strerror}") from None
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""Stage `evaluate`: score ALS and the most-popular baseline on the held-out pairs.
+
+Every user with at least one held-out pair is scored; each user's training items are
+excluded from both rankings (a shop does not recommend what the user already has). AP@K
+divides by min(K, |held-out|), as `implicit.evaluation` does: not the reference article's
+comparison with a second model on 20 users. Also scored: the cold-start fallback list on
+users with <= 1 training item, and how often recommendations fall in the user's persona
+categories (when data/users.csv has PERSONA).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from threadpoolctl import threadpool_limits
+
+from stages.common import (
+    Params,
+    StageError,
+    load_csr,
+    load_ids,
+    load_npz,
+    run_stage,
+    worker_threads,
+    write_json,
+    write_text,
+)
+from stages.fallback import build_fallback
+from stages.ranking import (
+    METRICS,
+    category_share,
+    evaluate_recs,
+    hits_matrix,
+    popularity_ranking,
+    top_k_excluding,
+)
+
+TRAIN = Path("data/train.npz")
+TEST = Path("data/test.npz")
+USER_IDS = Path("data/user_ids.csv")
+ITEM_IDS = Path("data/item_ids.csv")
+ITEMS = Path("data/items.csv")
+USERS = Path("data/users.csv")
+MODEL = Path("models/als.npz")
+METRICS_JSON = Path("metrics/metrics.json")
+RANKING_CSV = Path("metrics/ranking_at_k.csv")
+
+DIGITS = 6
+RECOMMEND_BATCH = 20_000
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def model_from_factors(
+    user_factors: np.ndarray, item_factors: np.ndarray, threads: int
+) -> AlternatingLeastSquares:
+    """An implicit ALS model around saved factors, so scoring uses implicit's own top-k.
+
+    Built under a one-thread BLAS limit: implicit warns at construction otherwise.
+    """
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=item_factors.shape[1], dtype=np.float32, num_threads=threads
+        )
+    model.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
+    model.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+    return model
+
+
+def recommend_top_k(
+    model: AlternatingLeastSquares, train: sp.csr_matrix, users: np.ndarray, k: int
+) -> np.ndarray:
+    """Top-k item indices (users x k, int32) excluding each user's training items.
+
+    Same lists as `model.recommend(..., filter_already_liked_items=True)`, which is what
+    `implicit.evaluation` scores, but that filter slices the CSR once per user in Python
+    (most of its run time). Instead each user gets the top k + (its training items,
+    rounded up to a power of two) unfiltered from implicit's C top-k, and the training
+    items are dropped in one vectorised pass. Users are grouped by that padding, so the
+    loop runs over a handful of groups and batches, never over users. Slots left when
+    fewer than k unseen items exist are -1 (neither hits nor coverage).
+    """
+    n_items = train.shape[1]
+    lengths = np.diff(train.indptr)[users]
+    pad = np.zeros(users.size, dtype=np.int64)
+    seen = lengths > 0
+    pad[seen] = 2 ** np.ceil(np.log2(lengths[seen])).astype(np.int64)
+    out = np.empty((users.size, k), dtype=np.int32)
+    with threadpool_limits(1, "blas"):
+        for extra in np.unique(pad).tolist():
+            group = np.flatnonzero(pad == extra)
+            n = min(k + extra, n_items)
+            for start in range(0, group.size, RECOMMEND_BATCH):
+                rows = group[start : start + RECOMMEND_BATCH]
+                batch = users[rows]
+                ids, _ = model.recommend(batch, train[batch], N=n, filter_already_liked_items=False)
+                out[rows] = _drop_seen(ids, train[batch], k)
+    return out
+
+
+def _drop_seen(ids: np.ndarray, seen: sp.csr_matrix, k: int) -> np.ndarray:
+    """First k entries of each row of `ids` that are not in that row of `seen` (else -1)."""
+    masked = hits_matrix(ids, seen)
+    order = np.argsort(masked, axis=1, kind="stable")[:, :k]
+    out = np.take_along_axis(ids, order, axis=1).astype(np.int32)
+    out[np.take_along_axis(masked, order, axis=1)] = -1
+    if out.shape[1] < k:
+        out = np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values=-1)
+    return out
+
+
+def evaluated_users(test: sp.csr_matrix) -> np.ndarray:
+    """Row indices of every user with at least one held-out pair."""
+    return np.flatnonzero(np.diff(test.indptr) > 0)
+
+
+def score_model_and_baseline(
+    model: AlternatingLeastSquares, train: sp.csr_matrix, test: sp.csr_matrix, k: int
+) -> dict[str, Any]:
+    """Recommendations and metrics (every k) of the model and most-popular on all users."""
+    users = evaluated_users(test)
+    test_rows = test[users]
+    model_recs = recommend_top_k(model, train, users, k)
+    baseline_recs = top_k_excluding(popularity_ranking(train), train[users], k)
+    return {
+        "users": users,
+        "model_recs": model_recs,
+        "baseline_recs": baseline_recs,
+        "model": evaluate_recs(model_recs, test_rows),
+        "baseline": evaluate_recs(baseline_recs, test_rows),
+    }
+
+
+def summary(result: dict[str, Any], users: int) -> dict[str, Any]:
+    """Metrics at the largest k plus coverage and user count, rounded for stable JSON."""
+    out: dict[str, Any] = {name: _round(result[name][-1]) for name in METRICS}
+    out["coverage"] = _round(result["coverage"])
+    out["users"] = int(users)
+    return out
+
+
+def ranking_csv(result: dict[str, Any]) -> str:
+    """metrics/ranking_at_k.csv: one row per k = 1..K."""
+    columns = ["k", *METRICS]
+    top_k = len(result[METRICS[0]])
+    lines = [",".join(columns)]
+    for i in range(top_k):  # K rows (at most a few hundred), not users
+        lines.append(",".join([str(i + 1)] + [f"{result[m][i]:.{DIGITS}f}" for m in METRICS]))
+    return "\n".join(lines) + "\n"
+
+
+def persona_codes(
+    personas: np.ndarray, item_categories: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer codes for the persona share: (user group, item category, allowed table).
+
+    A persona is categories joined by `_` (store personas use `category:style` parts, of
+    which the category counts). Empty personas get group -1. Only the distinct personas
+    (a few dozen) are parsed in Python.
+    """
+    groups, user_group = np.unique(personas, return_inverse=True)
+    labels, item_cat = np.unique(item_categories, return_inverse=True)
+    allowed = np.zeros((groups.size, labels.size), dtype=bool)
+    label_index = {label: i for i, label in enumerate(labels.tolist())}
+    for g, persona in enumerate(groups.tolist()):
+        for part in persona.split("_"):
+            cat = label_index.get(part.split(":", 1)[0].strip())
+            if cat is not None:
+                allowed[g, cat] = True
+    empty = np.array([not p.strip() for p in groups.tolist()], dtype=bool)
+    user_group = np.where(empty[user_group], -1, user_group)
+    return user_group.astype(np.int64), item_cat.astype(np.int64), allowed
+
+
+def _round(value: float) -> float:
+    return round(float(value), DIGITS)
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def benchmark_evaluate(
+    train: sp.csr_matrix, test: sp.csr_matrix, model: AlternatingLeastSquares, k: int
+) -> dict[str, float]:
+    """Seconds for our full scoring (model + baseline + every metric at every k) versus
+    `implicit.evaluation.ranking_metrics_at_k` alone on the same model, same process."""
+    from implicit.evaluation import ranking_metrics_at_k
+
+    start = time.perf_counter()
+    ours = score_model_and_baseline(model, train, test, k)
+    ours_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    with threadpool_limits(1, "blas"):
+        theirs = ranking_metrics_at_k(
+            model, train, test, K=k, show_progress=False, num_threads=model.num_threads
+        )
+    implicit_seconds = time.perf_counter() - start
+    return {
+        "users": int(ours["users"].size),
+        "k": int(k),
+        "ours_seconds": ours_seconds,
+        "implicit_seconds": implicit_seconds,
+        "map_ours": float(ours["model"]["map_at_k"][-1]),
+        "map_implicit": float(theirs["map"]),
+        "ndcg_ours": float(ours["model"]["ndcg_at_k"][-1]),
+        "ndcg_implicit": float(theirs["ndcg"]),
+    }
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def read_csv_columns(path: Path, key: str, wanted: str) -> pd.DataFrame:
+    """`key` and (if present) `wanted` columns of a CSV, as strings."""
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; run the generate stage first (dvc repro)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise StageError(f"{path}: not a readable CSV ({exc})") from None
+    if key not in header:
+        raise StageError(f"{path}: missing column {key}")
+    cols = [key] + ([wanted] if wanted in header else [])
+    return pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False)
+
+
+def aligned(frame: pd.DataFrame, key: str, column: str, ids: np.ndarray) -> np.ndarray:
+    """`column` values for each id in `ids` (matrix order); "" where the id is unknown."""
+    values = frame.drop_duplicates(key).set_index(key)[column]
+    return values.reindex(ids).fillna("").to_numpy(dtype=str)
+
+
+def load_factors(train_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    arrays = load_npz(MODEL)
+    for name in ("user_factors", "item_factors"):
+        if name not in arrays:
+            raise StageError(f"{MODEL}: missing array {name}; re-run the train stage")
+    users, items = arrays["user_factors"], arrays["item_factors"]
+    if (
+        users.ndim != 2
+        or items.ndim != 2
+        or users.shape[1] != items.shape[1]
+        or (users.shape[0], items.shape[0]) != train_shape
+    ):
+        raise StageError(
+            f"{MODEL}: factors {users.shape} / {items.shape} do not fit {TRAIN} "
+            f"{train_shape}; re-run the train stage"
+        )
+    return users, items
+
+
+def main() -> None:
+    params = Params.load("evaluate")
+    k = params.int("k", min=1, max=1000)
+    params.check_unknown()
+    fallback_size = Params.load("export").int("fallback_size", min=1)
+
+    train = load_csr(TRAIN)
+    test = load_csr(TEST)
+    if test.shape != train.shape:
+        raise StageError(f"{TEST}: shape {test.shape} differs from {TRAIN} {train.shape}")
+    n_items = train.shape[1]
+    if k > n_items:
+        raise StageError(f"params.yaml: evaluate.k = {k}; expected <= {n_items} (items)")
+    if test.nnz == 0:
+        raise StageError(f"{TEST}: no held-out pairs; check mask.fraction")
+    user_ids = load_ids(USER_IDS, "USER_ID")
+    item_ids = load_ids(ITEM_IDS, "ITEM_ID")
+    if (user_ids.size, item_ids.size) != train.shape:
+        raise StageError(f"{USER_IDS} / {ITEM_IDS} do not match {TRAIN} {train.shape}")
+    items = read_csv_columns(ITEMS, "ITEM_ID", "CATEGORY_L1")
+    users_frame = read_csv_columns(USERS, "USER_ID", "PERSONA")
+    user_factors, item_factors = load_factors(train.shape)
+
+    model = model_from_factors(user_factors, item_factors, worker_threads())
+    scored = score_model_and_baseline(model, train, test, k)
+    users = scored["users"]
+    metrics: dict[str, Any] = summary(scored["model"], users.size)
+    metrics["k"] = k
+    metrics["baseline"] = summary(scored["baseline"], users.size)
+
+    categories = (
+        aligned(items, "ITEM_ID", "CATEGORY_L1", item_ids) if "CATEGORY_L1" in items else None
+    )
+    metrics["fallback"] = score_cold_start(train, test, scored, categories, fallback_size, k)
+    if "PERSONA" in users_frame and categories is not None:
+        personas = aligned(users_frame, "USER_ID", "PERSONA", user_ids[users])
+        group, item_cat, allowed = persona_codes(personas, categories)
+        if (group >= 0).any():
+            metrics["persona"] = {
+                "model": _round(category_share(scored["model_recs"], group, item_cat, allowed)),
+                "baseline": _round(
+                    category_share(scored["baseline_recs"], group, item_cat, allowed)
+                ),
+                "users": int((group >= 0).sum()),
+            }
+
+    print(
+        f"evaluate: {users.size} users, MAP@{k} {metrics['map_at_k']:.4f} "
+        f"(most popular {metrics['baseline']['map_at_k']:.4f})"
+    )
+    write_text(RANKING_CSV, ranking_csv(scored["model"]))
+    write_json(METRICS_JSON, metrics)
+
+
+def score_cold_start(
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    scored: dict[str, Any],
+    categories: np.ndarray | None,
+    size: int,
+    k: int,
+) -> dict[str, Any]:
+    """The fallback list vs most-popular (and the model) on users with <= 1 training item.
+
+    Both lists skip the user's training item, exactly like the main evaluation.
+    """
+    rows = np.flatnonzero(np.diff(train.indptr)[scored["users"]] <= 1)
+    cold = scored["users"][rows]
+    if cold.size == 0:
+        return {"users": 0, "size": size}
+    test_rows = test[cold]
+    fallback_recs = top_k_excluding(build_fallback(train, categories, size), train[cold], k)
+    out = summary(evaluate_recs(fallback_recs, test_rows), cold.size)
+    out["size"] = size
+    out["baseline"] = summary(evaluate_recs(scored["baseline_recs"][rows], test_rows), cold.size)
+    out["model"] = summary(evaluate_recs(scored["model_recs"][rows], test_rows), cold.size)
+    return out
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,519 @@
+"""Bring your own events: import a real interaction log (Amazon Personalize schema) in place
+of the synthetic shop, so every later stage runs unchanged on production data.
+
+`generate` dispatches `generate.source: files` here. The log is validated strictly before
+anything is written, because a silently mangled id or a timestamp in the wrong unit would
+only surface much later as a quietly worse model. Any problem is one `StageError` line that
+names the file, the line (1-based, header = line 1) or column, and what was expected; the
+three outputs are then left exactly as they were, and the input files are only ever read.
+
+Outputs are the same files the synthetic generator writes:
+- `data/interactions.csv`: ITEM_ID,USER_ID,EVENT_TYPE,TIMESTAMP,DISCOUNT, rows in input order,
+  TIMESTAMP in epoch seconds, DISCOUNT empty when the log has none. EVENT_VALUE and any other
+  column are dropped (and named in the log): confidence comes from `confidence.weights` per
+  EVENT_TYPE, and keeping the public contract to exactly five columns keeps readers simple.
+- `data/items.csv`, `data/users.csv`: the contract columns; values from the optional metadata
+  files where given, empty otherwise, plus a row for every id that appears only in the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from stages.common import Params, StageError, atomic_path
+
+Log = Callable[[str], None]
+
+INTERACTIONS_OUT = Path("data/interactions.csv")
+ITEMS_OUT = Path("data/items.csv")
+USERS_OUT = Path("data/users.csv")
+
+REQUIRED = ("USER_ID", "ITEM_ID", "EVENT_TYPE", "TIMESTAMP")
+INTERACTION_COLUMNS = ["ITEM_ID", "USER_ID", "EVENT_TYPE", "TIMESTAMP", "DISCOUNT"]
+ITEM_COLUMNS = [
+    "ITEM_ID",
+    "PRICE",
+    "CATEGORY_L1",
+    "CATEGORY_L2",
+    "PRODUCT_DESCRIPTION",
+    "GENDER",
+    "PROMOTED",
+]
+USER_COLUMNS = ["USER_ID", "AGE", "GENDER", "PERSONA"]
+DISCOUNT_VALUES = ("Yes", "No", "")
+TIMESTAMP_UNITS = ["auto", "s", "ms"]
+# 1e11 s is the year 5138 and 1e11 ms is March 1973: no real log straddles the boundary.
+MS_THRESHOLD = 10**11
+MS_LIMIT = 10**14  # above this even milliseconds are past the year 5138 (microseconds?)
+_GZIP_MAGIC = b"\x1f\x8b"
+_KEYS = ("interactions_file", "items_file", "users_file", "timestamp_unit")
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """Validated `generate.*` params of the `files` source."""
+
+    interactions_file: Path
+    items_file: Path | None
+    users_file: Path | None
+    timestamp_unit: str
+
+
+# --------------------------------------------------------------------------- params
+
+
+def read_params(params: Params, *, required: bool = True) -> ImportConfig | None:
+    """Read and check the `files` keys of the `generate` section.
+
+    With `required=False` (the synthetic source) the keys are only type-checked and marked
+    as known, so `check_unknown()` accepts a params.yaml that keeps them filled in.
+    """
+    unit = params.choice("timestamp_unit", TIMESTAMP_UNITS, "auto")
+    paths = {key: _optional_path(params, key) for key in _KEYS[:3]}
+    if not required:
+        return None
+    if paths["interactions_file"] is None:
+        raise StageError(
+            "params.yaml: generate.interactions_file is empty; expected the path of your "
+            "event log (.csv or .csv.gz) relative to the repository root"
+        )
+    return ImportConfig(
+        interactions_file=paths["interactions_file"],
+        items_file=paths["items_file"],
+        users_file=paths["users_file"],
+        timestamp_unit=unit,
+    )
+
+
+def _optional_path(params: Params, key: str) -> Path | None:
+    if params.values.get(key) in (None, ""):
+        params.choice(key, [None, ""], "")  # marks the key as read
+        return None
+    value = params.str(key)
+    posix = PurePosixPath(value.replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts or Path(value).is_absolute():
+        raise StageError(
+            f"params.yaml: generate.{key} = {value!r}; expected a path inside the repository, "
+            "relative to its root (so every clone finds it)"
+        )
+    if not (value.endswith(".csv") or value.endswith(".csv.gz")):
+        raise StageError(f"params.yaml: generate.{key} = {value!r}; expected a .csv or .csv.gz")
+    return Path(value)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _open(path: Path) -> pa.NativeFile:
+    """Open a (possibly gzip-compressed) CSV; the suffix must match the content."""
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(2)
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found") from None
+    except IsADirectoryError:
+        raise StageError(f"{path}: is a directory; expected a .csv or .csv.gz file") from None
+    gzipped = magic == _GZIP_MAGIC
+    if path.name.endswith(".gz") and not gzipped:
+        raise StageError(f"{path}: not gzip data; expected a gzip file (the name ends in .gz)")
+    if gzipped and not path.name.endswith(".gz"):
+        raise StageError(f"{path}: is gzip-compressed; expected plain CSV (or name it .csv.gz)")
+    return pa.input_stream(str(path), compression="gzip" if gzipped else None)
+
+
+def read_header(path: Path) -> list[str]:
+    """Column names of line 1 (BOM and CR stripped), read without loading the file."""
+    chunks: list[bytes] = []
+    try:
+        with _open(path) as stream:
+            while True:
+                chunk = stream.read(1 << 16)
+                chunks.append(chunk)
+                if not chunk or b"\n" in chunk:
+                    break
+    except (OSError, EOFError, gzip.BadGzipFile, pa.ArrowException) as exc:
+        raise StageError(f"{path}: cannot read ({_first_line(exc)})") from None
+    raw = b"".join(chunks).split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        line = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise StageError(f"{path}: line 1: header is not UTF-8 text; expected UTF-8") from None
+    if not line.strip():
+        raise StageError(
+            f"{path}: empty file or blank line 1; expected a header line naming the columns"
+        )
+    return next(csv.reader([line]))
+
+
+def map_columns(path: Path, header: list[str], required: tuple[str, ...]) -> dict[str, str]:
+    """Map upper-cased, trimmed column names to their raw spelling; check the required ones."""
+    mapping: dict[str, str] = {}
+    for raw in header:
+        name = raw.strip().upper()
+        if not name:
+            raise StageError(f"{path}: line 1: a column has no name; expected a header name")
+        if name in mapping:
+            raise StageError(f"{path}: line 1: column {name} appears twice; expected it once")
+        mapping[name] = raw
+    missing = [c for c in required if c not in mapping]
+    if missing:
+        raise StageError(
+            f"{path}: line 1: missing column {missing[0]}; expected columns "
+            f"{', '.join(required)} (any order, any case)"
+        )
+    return mapping
+
+
+def _read_table(path: Path, columns: dict[str, pa.DataType], header: list[str]) -> pa.Table:
+    """Parse only `columns` (raw name -> type) of a CSV, mapping parse errors to one line."""
+    bad_rows: list[tuple[int | None, str, int, int]] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        bad_rows.append((row.number, row.text, row.expected_columns, row.actual_columns))
+        return "error"
+
+    def read(threads: bool, types: dict[str, pa.DataType]) -> pa.Table:
+        with _open(path) as stream:
+            return pacsv.read_csv(
+                stream,
+                read_options=pacsv.ReadOptions(use_threads=threads),
+                # blank lines stay rows (of empty ids) so row i is always line i + 2
+                parse_options=pacsv.ParseOptions(
+                    ignore_empty_lines=False, invalid_row_handler=on_invalid
+                ),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=list(types),
+                    column_types=types,
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+
+    try:
+        return read(True, columns)
+    except pa.ArrowInvalid as exc:
+        if bad_rows:
+            number, text, expected, actual = bad_rows[0]
+            if number is None:  # threaded parsing cannot count lines: find it serially
+                bad_rows.clear()
+                with contextlib.suppress(pa.ArrowInvalid):
+                    read(False, {n: pa.string() for n in columns})
+                number = bad_rows[0][0] if bad_rows else None
+            where = f"line {number}" if number else f"row {text[:60]!r}"
+            raise StageError(
+                f"{path}: {where}: {actual} fields; expected {expected} as in the header"
+            ) from None
+        message = _first_line(exc)
+        if "invalid UTF8" in message:
+            column = re.search(r"column #(\d+)", message)
+            where = f"column {header[int(column.group(1))].strip()}" if column else "a column"
+            raise StageError(
+                f"{path}: {where} is not UTF-8 text; expected UTF-8 (re-save the file as UTF-8)"
+            ) from None
+        for name, dtype in columns.items():
+            if pa.types.is_integer(dtype) and f"to {dtype}" in message:
+                _raise_non_integer(path, name, read(True, {name: pa.string()}).column(0))
+        raise StageError(f"{path}: cannot parse as CSV ({message})") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise StageError(f"{path}: cannot read ({_first_line(exc)})") from None
+
+
+def _raise_non_integer(path: Path, name: str, values: pa.ChunkedArray) -> None:
+    ok = pc.match_substring_regex(values, r"^-?[0-9]{1,18}$")  # 19+ digits overflow int64
+    bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
+    if bad.size:
+        row = int(bad[0])
+        raise StageError(
+            f"{path}: line {row + 2}: {name.strip().upper()} = {values[row].as_py()!r}; "
+            "expected a whole number of epoch seconds or milliseconds"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _dictionary(table: pa.Table, name: str) -> pa.DictionaryArray:
+    column = table.column(name)
+    return column.chunk(0) if column.num_chunks else pa.array([], pa.string()).dictionary_encode()
+
+
+def _check_ids(path: Path, name: str, ids: pa.DictionaryArray) -> None:
+    """Reject blank or space-padded ids: they would silently become different ids later."""
+    values = ids.dictionary
+    blank = pc.equal(pc.utf8_trim_whitespace(values), "").to_numpy(zero_copy_only=False)
+    padded = pc.not_equal(pc.utf8_trim_whitespace(values), values).to_numpy(zero_copy_only=False)
+    checks = ((blank, "a non-blank value"), (padded & ~blank, "no leading/trailing spaces"))
+    for bad, expected in checks:
+        if bad.any():
+            row = int(np.flatnonzero(bad[ids.indices.to_numpy()])[0])
+            raise StageError(
+                f"{path}: line {row + 2}: {name} = {ids[row].as_py()!r}; expected {expected}"
+            )
+
+
+def _first_row(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def to_seconds(path: Path, ts: np.ndarray, unit: str, log: Log) -> np.ndarray:
+    """Epoch seconds from raw timestamps: reject negatives, detect or enforce the unit."""
+    negative = ts < 0
+    if negative.any():
+        row = _first_row(negative)
+        raise StageError(f"{path}: line {row + 2}: TIMESTAMP = {ts[row]}; expected epoch time >= 0")
+    too_big = ts >= MS_LIMIT
+    if too_big.any():
+        row = _first_row(too_big)
+        raise StageError(
+            f"{path}: line {row + 2}: TIMESTAMP = {ts[row]}; expected epoch seconds or "
+            "milliseconds (this is past the year 5000 even in milliseconds)"
+        )
+    in_ms = ts >= MS_THRESHOLD
+    if unit == "s":
+        if in_ms.any():
+            row = _first_row(in_ms)
+            raise StageError(
+                f"{path}: line {row + 2}: TIMESTAMP = {ts[row]} looks like milliseconds; "
+                "expected epoch seconds (generate.timestamp_unit: s; use ms or auto to convert)"
+            )
+        return ts
+    if unit == "ms":
+        if (~in_ms).any():
+            row = _first_row(~in_ms)
+            raise StageError(
+                f"{path}: line {row + 2}: TIMESTAMP = {ts[row]} looks like seconds; expected "
+                "epoch milliseconds (generate.timestamp_unit: ms; use s or auto)"
+            )
+        log("import: TIMESTAMP converted from milliseconds to epoch seconds")
+        return ts // 1000
+    if not in_ms.any():
+        return ts
+    if not in_ms.all():
+        ms_row, s_row = _first_row(in_ms), _first_row(~in_ms)
+        raise StageError(
+            f"{path}: line {s_row + 2}: TIMESTAMP = {ts[s_row]} looks like seconds but line "
+            f"{ms_row + 2} holds milliseconds ({ts[ms_row]}); expected one unit throughout"
+        )
+    log("import: TIMESTAMP detected as milliseconds (auto); converted to epoch seconds")
+    return ts // 1000
+
+
+def read_interactions(path: Path, unit: str = "auto", log: Log = print) -> pa.Table:
+    """Load and validate a Personalize interactions CSV into the `data/interactions.csv` layout.
+
+    Only the needed columns are parsed, ids as dictionaries (one copy per distinct string),
+    so peak memory stays near 90 bytes a row (scripts/bench_import.py) instead of the
+    several hundred that Python string objects would take.
+    """
+    header = read_header(path)
+    names = map_columns(path, header, REQUIRED)
+    ids = pa.dictionary(pa.int32(), pa.string())
+    types = {names[c]: ids for c in ("ITEM_ID", "USER_ID", "EVENT_TYPE")}
+    types[names["TIMESTAMP"]] = pa.int64()
+    if "DISCOUNT" in names:
+        types[names["DISCOUNT"]] = ids
+    ignored = [names[c] for c in names if c not in INTERACTION_COLUMNS]
+    table = _read_table(path, types, header)
+    if table.num_rows == 0:
+        raise StageError(f"{path}: header only, no data rows; expected at least one event")
+    table = table.unify_dictionaries().combine_chunks()
+    pa.default_memory_pool().release_unused()  # per-block dictionaries are garbage now
+    columns = {c: _dictionary(table, names[c]) for c in ("ITEM_ID", "USER_ID", "EVENT_TYPE")}
+    for name, values in columns.items():
+        _check_ids(path, name, values)
+    ts = table.column(names["TIMESTAMP"]).chunk(0).to_numpy()
+    seconds = to_seconds(path, ts, unit, log)
+    n = table.num_rows
+    if "DISCOUNT" in names:
+        discount = _dictionary(table, names["DISCOUNT"])
+        allowed = np.isin(discount.dictionary.to_numpy(zero_copy_only=False), DISCOUNT_VALUES)
+        bad = ~allowed[discount.indices.to_numpy()]
+        if bad.any():
+            row = _first_row(bad)
+            raise StageError(
+                f"{path}: line {row + 2}: DISCOUNT = {discount[row].as_py()!r}; "
+                "expected Yes, No or empty"
+            )
+    else:
+        discount = _empty(n)
+    out = pa.table(
+        {
+            "ITEM_ID": columns["ITEM_ID"],
+            "USER_ID": columns["USER_ID"],
+            "EVENT_TYPE": columns["EVENT_TYPE"],
+            "TIMESTAMP": pa.array(seconds, pa.int64()),
+            "DISCOUNT": discount,
+        }
+    )
+    duplicates = count_duplicates(out)
+    log(
+        f"import: {path}: {n:,} events, {_distinct(columns['USER_ID']):,} users, "
+        f"{_distinct(columns['ITEM_ID']):,} items; event types: {_event_summary(out)}"
+    )
+    if duplicates:
+        log(
+            f"import: {duplicates:,} duplicate rows (same user, item, event type and timestamp) "
+            "kept: each counts in the confidence sum"
+        )
+    if ignored:
+        log(f"import: columns not used: {', '.join(ignored)}")
+    return out
+
+
+def _distinct(ids: pa.DictionaryArray) -> int:
+    return int(np.count_nonzero(np.bincount(ids.indices.to_numpy(), minlength=len(ids.dictionary))))
+
+
+def _event_summary(table: pa.Table) -> str:
+    counts = table.column("EVENT_TYPE").value_counts()
+    pairs = sorted(
+        ((v["values"].as_py(), v["counts"].as_py()) for v in counts), key=lambda x: (-x[1], x[0])
+    )
+    return ", ".join(f"{name} {count:,}" for name, count in pairs)
+
+
+def count_duplicates(table: pa.Table) -> int:
+    """Rows equal to an earlier row in user, item, event type and timestamp."""
+    ids = [table.column(c).combine_chunks() for c in ("USER_ID", "ITEM_ID", "EVENT_TYPE")]
+    sizes = [max(1, len(a.dictionary)) for a in ids]
+    ts = table.column("TIMESTAMP").to_numpy()
+    if sizes[0] * sizes[1] * sizes[2] < 2**62:
+        # one int64 key for the three ids: sorting two keys is ~3x faster than four
+        key = ids[0].indices.to_numpy().astype(np.int64)
+        for a, size in zip(ids[1:], sizes[1:], strict=True):
+            key *= size
+            key += a.indices.to_numpy()
+        keys = [key, ts]
+    else:
+        keys = [a.indices.to_numpy() for a in ids] + [ts]
+    order = np.lexsort(keys[::-1])
+    same = np.ones(len(order) - 1, dtype=bool)
+    for key in keys:
+        ordered = key[order]
+        same &= ordered[1:] == ordered[:-1]
+        del ordered
+    return int(np.count_nonzero(same))
+
+
+def read_catalogue(path: Path, id_column: str, columns: list[str], log: Log = print) -> pa.Table:
+    """Load an items or users metadata CSV: unique non-blank ids, contract columns as text."""
+    header = read_header(path)
+    names = map_columns(path, header, (id_column,))
+    wanted = [c for c in columns if c in names]
+    table = _read_table(path, {names[c]: pa.string() for c in wanted}, header)
+    if table.num_rows == 0:
+        raise StageError(f"{path}: header only, no data rows; expected one row per {id_column}")
+    table = table.rename_columns(wanted)
+    ids = table.column(id_column).combine_chunks().dictionary_encode()
+    _check_ids(path, id_column, ids)
+    first = np.zeros(len(ids), dtype=bool)
+    first[np.unique(ids.indices.to_numpy(), return_index=True)[1]] = True
+    if not first.all():
+        row = _first_row(~first)
+        raise StageError(
+            f"{path}: line {row + 2}: {id_column} = {ids[row].as_py()!r} appears again; "
+            "expected one row per id"
+        )
+    unused = [names[c] for c in names if c not in columns]
+    if unused:
+        log(f"import: {path}: columns not used: {', '.join(unused)}")
+    return table
+
+
+def complete_catalogue(
+    table: pa.Table | None, id_column: str, columns: list[str], used: pa.DictionaryArray, log: Log
+) -> pa.Table:
+    """Contract columns for every id: metadata rows first, then ids seen only in the log."""
+    counts = np.bincount(used.indices.to_numpy(), minlength=len(used.dictionary))
+    used_ids = used.dictionary.filter(pa.array(counts > 0))
+    known = (
+        table.column(id_column).combine_chunks() if table is not None else pa.array([], pa.string())
+    )
+    extra = pc.filter(used_ids, pc.invert(pc.is_in(used_ids, value_set=known)))
+    extra = extra.take(pc.sort_indices(extra))
+    if table is not None and len(extra):
+        log(f"import: {len(extra):,} {id_column} values of the log have no metadata row")
+    rows = len(known) + len(extra)
+    out = {}
+    for name in columns:
+        if name == id_column:
+            out[name] = pa.concat_arrays([known, extra.cast(pa.string())])
+        elif table is not None and name in table.column_names:
+            out[name] = pa.concat_arrays(
+                [table.column(name).combine_chunks(), pa.array([""] * len(extra), pa.string())]
+            )
+        else:
+            out[name] = _empty(rows)
+    return pa.table(out)
+
+
+def _empty(n: int) -> pa.DictionaryArray:
+    """`n` empty strings at 4 bytes each (a column the source does not have)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([""]))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_csv(table: pa.Table, path: Path) -> None:
+    """Plain CSV, quoting only if some value needs it (ids with commas or quotes)."""
+    needs_quotes = False
+    for column in table.columns:
+        values = column.combine_chunks()
+        if pa.types.is_dictionary(values.type):
+            values = values.dictionary
+        if pa.types.is_string(values.type) and len(values):
+            needs_quotes |= pc.any(pc.match_substring_regex(values, r'[,"\r\n]')).as_py()
+    style = "needed" if needs_quotes else "none"
+    pacsv.write_csv(
+        table,
+        str(path),
+        write_options=pacsv.WriteOptions(quoting_style=style, quoting_header="none"),
+    )
+
+
+def import_events(cfg: ImportConfig, log: Log = print) -> None:
+    """Validate every input first, then replace the three outputs together."""
+    events = read_interactions(cfg.interactions_file, cfg.timestamp_unit, log)
+    items = users = None
+    if cfg.items_file is not None:
+        items = read_catalogue(cfg.items_file, "ITEM_ID", ITEM_COLUMNS, log)
+    if cfg.users_file is not None:
+        users = read_catalogue(cfg.users_file, "USER_ID", USER_COLUMNS, log)
+    items = complete_catalogue(
+        items, "ITEM_ID", ITEM_COLUMNS, events.column("ITEM_ID").chunk(0), log
+    )
+    users = complete_catalogue(
+        users, "USER_ID", USER_COLUMNS, events.column("USER_ID").chunk(0), log
+    )
+    with contextlib.ExitStack() as stack:
+        # all three are renamed only after all three were written
+        for table, out in ((events, INTERACTIONS_OUT), (items, ITEMS_OUT), (users, USERS_OUT)):
+            write_csv(table, stack.enter_context(atomic_path(out)))
+    log(
+        f"import: wrote {INTERACTIONS_OUT} ({events.num_rows:,} rows), "
+        f"{ITEMS_OUT} ({items.num_rows:,}), {USERS_OUT} ({users.num_rows:,})"
+    )
+
+
+def import_files(params: Params) -> None:
+    """`generate.source: files`: validate the files keys, then import.
+
+    Unknown-key checking stays with `generate`, which owns the whole section (the synthetic
+    keys remain in params.yaml while importing).
+    """
+    cfg = read_params(params)
+    assert cfg is not None
+    import_events(cfg)

@@ -1,0 +1,319 @@
+"""Tests of the synthetic shop: catalogue facts, users, simulation mechanics and statistics,
+byte-identical outputs, and one-line errors for bad params."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stages import generate as gen
+from stages.common import Params, StageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The reference shop's published figures (docs: reference shop facts), not the module's tables.
+REFERENCE_COUNTS = {
+    "furniture": 245, "apparel": 231, "accessories": 228, "housewares": 217, "seasonal": 217,
+    "groceries": 195, "homedecor": 194, "footwear": 188, "instruments": 167, "floral": 127,
+    "electronics": 104, "outdoors": 92, "jewelry": 90, "beauty": 60, "tools": 59, "books": 35,
+    "food service": 8, "salty snacks": 4, "cold dispensed": 3, "hot dispensed": 1,
+}  # fmt: skip
+REFERENCE_SHARES = {  # event mix at 100k users / 800k rows, percent of rows
+    "View": 86.2, "AddToCart": 6.9, "ViewCart": 4.3, "StartCheckout": 1.7, "Purchase": 0.86,
+}  # fmt: skip
+SMALL = {
+    "source": "synthetic",
+    "seed": 3,
+    "users": 2000,
+    "interactions": 16000,
+    "days": 30,
+    "end_date": "2024-06-30",
+    "store_user_share": 0.1,
+}
+
+
+def shop(users: int, rows: int, seed: int = 11) -> tuple[pd.DataFrame, ...]:
+    values = {**SMALL, "seed": seed, "users": users, "interactions": rows}
+    return gen.build_shop(gen.read_settings(Params("generate", values)))
+
+
+@pytest.fixture(scope="module")
+def mid_shop() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A fifth of the article's scale: big enough for its statistics to be stable."""
+    return shop(20_000, 160_000)
+
+
+# --------------------------------------------------------------------------- catalogue
+
+
+def test_catalogue_matches_reference_counts() -> None:
+    cat = gen.build_catalogue(np.random.default_rng(0))
+    assert list(cat.columns) == [
+        "ITEM_ID", "PRICE", "CATEGORY_L1", "CATEGORY_L2", "PRODUCT_DESCRIPTION", "GENDER",
+        "PROMOTED",
+    ]  # fmt: skip
+    assert len(cat) == 2465
+    assert cat["CATEGORY_L1"].astype(str).value_counts().to_dict() == REFERENCE_COUNTS
+    styles = cat[["CATEGORY_L1", "CATEGORY_L2"]].astype(str).drop_duplicates()
+    assert len(styles) == 85
+    gendered = cat["GENDER"].notna()
+    assert gendered.sum() == 749
+    assert set(cat.loc[gendered, "CATEGORY_L1"].astype(str)) <= {
+        "apparel", "footwear", "beauty", "jewelry", "accessories",
+    }  # fmt: skip
+    assert set(cat.loc[gendered, "GENDER"].astype(str)) == {"F", "M"}
+    assert cat["ITEM_ID"].is_unique
+    assert all(str(uuid.UUID(i)) == i for i in cat["ITEM_ID"].head(50))
+    price = cat["PRICE"]
+    assert price.min() >= 1.10 and price.max() <= 1858.99
+    assert 60 <= price.median() <= 85 and 100 <= price.mean() <= 135
+    assert not cat["PRODUCT_DESCRIPTION"].str.contains('[,"\n]').any()
+
+
+def test_catalogue_ids_follow_the_seed() -> None:
+    a = gen.build_catalogue(np.random.default_rng(1))
+    b = gen.build_catalogue(np.random.default_rng(1))
+    c = gen.build_catalogue(np.random.default_rng(2))
+    pd.testing.assert_frame_equal(a, b)
+    assert not set(a["ITEM_ID"]) & set(c["ITEM_ID"])
+
+
+def test_users_web_first_then_store() -> None:
+    users = gen.build_users(np.random.default_rng(0), 1000, 0.1)
+    assert users["USER_ID"].tolist() == [str(i) for i in range(1, 1001)]
+    seg = users["SEGMENT"].astype(str).to_numpy()
+    assert (seg[:900] == "web").all() and (seg[900:] == "store").all()
+    persona = users["PERSONA"].astype(str).to_numpy()
+    assert set(persona[:900]) <= set(gen.WEB_PERSONAS)
+    assert all(p.count(":") == 3 for p in persona[900:])
+    assert users["AGE"].between(18, 100).all()
+    assert 28 <= users["AGE"].mean() <= 38
+    assert set(users["GENDER"].astype(str)) == {"F", "M"}
+
+
+@pytest.mark.parametrize("n_rows", [1, 2, 7, 116, 999, 12_345, 800_000, 8_000_001])
+def test_event_counts_sum_exactly_within_quotas(n_rows: int) -> None:
+    views, funnel = gen.event_counts(n_rows)
+    assert views + sum(funnel) == n_rows
+    assert all(f <= share * views for f, share in zip(funnel, gen.FUNNEL_SHARES, strict=True))
+    assert list(funnel) == sorted(funnel, reverse=True)
+
+
+# --------------------------------------------------------------------------- mechanics
+
+
+def test_rows_sorted_and_funnel_follows_a_view(mid_shop) -> None:
+    cat, users, ev = mid_shop
+    assert len(ev) == 160_000
+    ts = ev["TIMESTAMP"].to_numpy()
+    assert (np.diff(ts) >= 0).all()
+    start = int(pd.Timestamp(SMALL["end_date"], tz="UTC").timestamp()) - SMALL["days"] * 86400
+    assert ts.min() >= start and ts.max() < start + SMALL["days"] * 86400
+    # a pair's funnel steps start in funnel order after a View of that pair (NaN compares
+    # False, so a step without its predecessor fails too), each step rarer than the last
+    pair = ev["USER_ID"].cat.codes.astype(np.int64) * len(cat) + ev["ITEM_ID"].cat.codes
+    first_ts = (
+        ev.assign(PAIR=pair).groupby(["PAIR", "EVENT_TYPE"], observed=True)["TIMESTAMP"].min()
+    )
+    first_ts = first_ts.unstack()
+    for before, after in itertools.pairwise(gen.EVENT_TYPES):
+        has = first_ts[after].notna()
+        assert (first_ts.loc[has, before] <= first_ts.loc[has, after]).all(), after
+    counts = first_ts.notna().sum()
+    assert list(counts[gen.EVENT_TYPES]) == sorted(counts[gen.EVENT_TYPES], reverse=True)
+
+
+def test_picks_respect_gender_clique_and_store(mid_shop) -> None:
+    cat, users, ev = mid_shop
+    u = ev["USER_ID"].cat.codes.to_numpy()
+    i = ev["ITEM_ID"].cat.codes.to_numpy()
+    item_gender = cat["GENDER"].cat.codes.to_numpy()[i]
+    user_gender = users["GENDER"].cat.codes.to_numpy()[u]
+    assert ((item_gender < 0) | (item_gender == user_gender)).all()
+    store_user = users["SEGMENT"].astype(str).to_numpy()[u] == "store"
+    store_item = np.isin(cat["CATEGORY_L1"].astype(str).to_numpy()[i], list(gen.STORE_ITEMS))
+    assert (store_user == store_item).all()
+    # a web user's products in one category stay inside one affinity clique (<= 5)
+    web = pd.DataFrame({"u": u, "i": i, "c": cat["CATEGORY_L1"].cat.codes.to_numpy()[i]})
+    distinct = web[~store_user].drop_duplicates().groupby(["u", "c"]).size()
+    assert distinct.max() <= max(gen.CLIQUE_SIZES)
+    assert (distinct >= 2).mean() > 0.2  # repeat visits do reach the rest of the clique
+
+
+def test_discount_follows_discount_persona(mid_shop) -> None:
+    cat, users, ev = mid_shop
+    views = ev[ev["EVENT_TYPE"] == "View"]
+    u = views["USER_ID"].cat.codes.to_numpy()
+    price = cat["PRICE"].to_numpy()[views["ITEM_ID"].cat.codes.to_numpy()]
+    persona = users["DISCOUNT_PERSONA"].astype(str).to_numpy()[u]
+    yes = (views["DISCOUNT"] == "Yes").to_numpy()
+    cheap = price < cat["PRICE"].mean()
+    for mask, p in [
+        (persona == "discount_indifferent", 0.2),
+        (persona == "all_discounts", 0.5),
+        ((persona == "lower_priced_products") & cheap, 0.5),
+        ((persona == "lower_priced_products") & ~cheap, 0.2),
+    ]:
+        assert yes[mask].mean() == pytest.approx(p, abs=0.02)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_statistics_match_reference(mid_shop) -> None:
+    """The reference's figures at 100k/800k, checked at 20k/160k where they are stable."""
+    cat, users, ev = mid_shop
+    shares = ev["EVENT_TYPE"].value_counts(normalize=True) * 100
+    for event, ref in REFERENCE_SHARES.items():
+        assert shares[event] == pytest.approx(ref, abs=1.0), event
+
+    u = ev["USER_ID"].cat.codes.to_numpy().astype(np.int64)
+    i = ev["ITEM_ID"].cat.codes.to_numpy().astype(np.int64)
+    assert np.unique(u).size / len(users) == pytest.approx(0.942, abs=0.015)
+    assert np.unique(i).size >= 0.99 * len(cat)
+
+    pairs, inverse = np.unique(u * len(cat) + i, return_inverse=True)
+    per_user = np.bincount(pairs // len(cat))
+    per_user = per_user[per_user > 0]
+    assert per_user.mean() == pytest.approx(2.54, abs=0.15)
+    assert np.median(per_user) == 2
+    assert (per_user == 1).mean() == pytest.approx(0.23, abs=0.03)
+    weight = ev["EVENT_TYPE"].cat.codes.to_numpy() + 1  # View 1 .. Purchase 5
+    confidence = np.bincount(inverse, weights=weight)
+    assert np.median(confidence) == 3
+    assert confidence.mean() == pytest.approx(4.15, abs=0.2)
+
+    store = users["SEGMENT"].astype(str).to_numpy() == "store"
+    assert store.mean() == pytest.approx(0.10, abs=0.001)
+    assert store[u].mean() == pytest.approx(0.05, abs=0.01)
+
+    # web rows by persona slot: about 58 / 25 / 16 %
+    persona = users["PERSONA"].astype(str).to_numpy()[u[~store[u]]]
+    category = cat["CATEGORY_L1"].astype(str).to_numpy()[i[~store[u]]]
+    slot_of = pd.Series(persona).str.split("_", expand=True).to_numpy()
+    slot_share = (slot_of == category[:, None]).mean(axis=0) * 100
+    assert slot_share == pytest.approx([58, 25, 16], abs=2.5)
+
+
+# --------------------------------------------------------------------------- main / CLI
+
+
+def run_main(tmp: Path, params: dict, monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "params.yaml").write_text(yaml.safe_dump({"generate": params}))
+    monkeypatch.chdir(tmp)
+    gen.main()
+    return {name: (tmp / name).read_bytes() for name in (gen.INTERACTIONS, gen.ITEMS, gen.USERS)}
+
+
+def test_main_is_byte_identical_per_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = run_main(tmp_path / "a", SMALL, monkeypatch)
+    again = run_main(tmp_path / "b", SMALL, monkeypatch)
+    other = run_main(tmp_path / "c", {**SMALL, "seed": 4}, monkeypatch)
+    assert first == again
+    for name in first:
+        assert first[name] != other[name], name
+
+    ev = pd.read_csv(tmp_path / "a" / gen.INTERACTIONS, dtype={"USER_ID": str})
+    assert list(ev.columns) == ["ITEM_ID", "USER_ID", "EVENT_TYPE", "TIMESTAMP", "DISCOUNT"]
+    assert len(ev) == SMALL["interactions"]
+    assert set(ev["EVENT_TYPE"]) == set(gen.EVENT_TYPES)
+    assert set(ev["DISCOUNT"]) == {"Yes", "No"}
+    items = pd.read_csv(tmp_path / "a" / gen.ITEMS, dtype=str, keep_default_na=False)
+    assert set(ev["ITEM_ID"]) <= set(items["ITEM_ID"])
+    assert items["PRICE"].str.fullmatch(r"\d+\.\d\d").all()
+    users = pd.read_csv(tmp_path / "a" / gen.USERS, dtype={"USER_ID": str})
+    assert list(users.columns[:4]) == ["USER_ID", "AGE", "GENDER", "PERSONA"]
+    assert set(ev["USER_ID"]) <= set(users["USER_ID"])
+
+
+def test_settings_accept_yaml_dates_and_files_keys() -> None:
+    raw = yaml.safe_load("end_date: 2024-06-30\n")  # unquoted: a date object
+    values = {**SMALL, **raw, "interactions_file": "events.csv", "timestamp_unit": "ms"}
+    settings = gen.read_settings(Params("generate", values))
+    assert settings.start == int(pd.Timestamp("2024-05-31", tz="UTC").timestamp())
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("users", 0, "generate.users"),
+        ("interactions", "many", "generate.interactions"),
+        ("store_user_share", 1.5, "generate.store_user_share"),
+        ("end_date", "2024-13-01", "generate.end_date"),
+        ("days", 2.5, "generate.days"),
+        ("user", 5, "unknown param generate.user"),
+    ],
+)
+def test_bad_settings_name_the_key(key: str, value: object, message: str) -> None:
+    params = Params("generate", {**SMALL, key: value})
+    with pytest.raises(StageError, match=message):
+        gen.read_settings(params)
+
+
+def test_files_source_dispatches_to_the_importer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`source: files` re-imports a log through stages/events.py; typos still fail first."""
+    synthetic = run_main(tmp_path, SMALL, monkeypatch)
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "log.csv").write_bytes(synthetic[gen.INTERACTIONS])
+    files = {**SMALL, "source": "files", "interactions_file": "own/log.csv", "users_file": ""}
+
+    with pytest.raises(StageError, match="unknown param generate.user;"):
+        run_main(tmp_path, {**files, "user": 5}, monkeypatch)
+    assert (tmp_path / gen.INTERACTIONS).read_bytes() == synthetic[gen.INTERACTIONS]
+
+    imported = run_main(tmp_path, files, monkeypatch)
+    ev = pd.read_csv(io.BytesIO(imported[gen.INTERACTIONS]), dtype=str)
+    assert list(ev.columns) == ["ITEM_ID", "USER_ID", "EVENT_TYPE", "TIMESTAMP", "DISCOUNT"]
+    assert len(ev) == SMALL["interactions"]
+
+
+def cli_copy(tmp: Path, params: dict) -> Path:
+    """A minimal project (stages without the files importer) with existing outputs."""
+    (tmp / "stages").mkdir(parents=True)
+    for name in ("__init__.py", "common.py", "generate.py"):
+        shutil.copy2(ROOT / "stages" / name, tmp / "stages" / name)
+    (tmp / "params.yaml").write_text(yaml.safe_dump({"generate": params}))
+    (tmp / "data").mkdir()
+    for name in (gen.INTERACTIONS, gen.ITEMS, gen.USERS):
+        (tmp / name).write_text("previous\n")
+    return tmp
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        (
+            {"users": -3},
+            "error: params.yaml: generate.users = -3; expected an integer in [1, 50000000]",
+        ),
+        ({"source": "files"}, "error: generate.source=files needs stages/events.py"),
+    ],
+)
+def test_cli_bad_params_one_line_outputs_untouched(
+    tmp_path: Path, update: dict, message: str
+) -> None:
+    repo = cli_copy(tmp_path, {**SMALL, **update})
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.generate"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == message
+    for name in (gen.INTERACTIONS, gen.ITEMS, gen.USERS):
+        assert (repo / name).read_text() == "previous\n"

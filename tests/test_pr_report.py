@@ -1,0 +1,173 @@
+"""The PR report script against a tiny git + DVC repository driven by the real CLIs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run
+
+pytestmark = pytest.mark.dvc
+
+SCRIPT = ROOT / "scripts" / "pr_report.py"
+
+DVC_YAML = """\
+stages:
+  evaluate:
+    cmd: python -c "print('metrics are written by the test')"
+    params:
+      - als
+    metrics:
+      - metrics/metrics.json:
+          cache: false
+    plots:
+      - metrics/ranking_at_k.csv:
+          cache: false
+plots:
+  - Ranking by K:
+      template: linear
+      x: k
+      y:
+        metrics/ranking_at_k.csv: [map_at_k, recall_at_k]
+"""
+
+PARAMS = {"als": {"factors": 8, "regularization": 0.05}, "evaluate": {"k": 3}}
+
+# map_at_k is deliberately not the first key, and a nested group sits between top-level ones:
+# the report lists map_at_k first, then top-level metrics, then nested ones, each in file order.
+BASE_METRICS = {
+    "precision_at_k": 0.2,
+    "baseline": {"map_at_k": 0.05, "precision_at_k": 0.1},
+    "map_at_k": 0.10,
+    "users": 50,
+    "recall_at_k": 0.3,
+}
+
+
+def write_state(repo: Path, metrics: dict, params: dict, ranking: list[tuple]) -> None:
+    """Write what a pipeline run would leave behind: metrics, params and the per-K table."""
+    (repo / "metrics").mkdir(exist_ok=True)
+    (repo / "metrics" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    lines = ["k,map_at_k,recall_at_k"] + [",".join(map(str, row)) for row in ranking]
+    (repo / "metrics" / "ranking_at_k.csv").write_text("\n".join(lines) + "\n")
+    (repo / "params.yaml").write_text(
+        "".join(
+            f"{section}:\n" + "".join(f"  {key}: {value}\n" for key, value in values.items())
+            for section, values in params.items()
+        )
+    )
+
+
+def commit(repo: Path, message: str) -> str:
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", message], repo)
+    return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def pr_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A repo whose base commit has map_at_k 0.10 and whose PR commit has 0.12 and factors 16."""
+    repo = tmp_path_factory.mktemp("pr_repo")
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    (repo / "dvc.yaml").write_text(DVC_YAML)
+    write_state(repo, BASE_METRICS, PARAMS, [(1, 0.05, 0.1), (2, 0.08, 0.2), (3, 0.10, 0.3)])
+    base = commit(repo, "base")
+    pr_metrics = json.loads(json.dumps(BASE_METRICS))
+    pr_metrics["map_at_k"] = 0.12
+    pr_params = {**PARAMS, "als": {**PARAMS["als"], "factors": 16}}
+    write_state(repo, pr_metrics, pr_params, [(1, 0.06, 0.1), (2, 0.09, 0.2), (3, 0.12, 0.3)])
+    commit(repo, "pr")
+    return repo, base
+
+
+def report(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, str(SCRIPT), *args], repo, check=False)
+
+
+def table(markdown: str, heading: str) -> list[list[str]]:
+    """Data rows of the first table under `heading`, as stripped cells."""
+    lines = markdown.splitlines()
+    start = lines.index(heading)
+    rows = []
+    for line in lines[start + 1 :]:
+        if line.startswith("#"):
+            break
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows[1:]  # drop the header row
+
+
+@pytest.fixture(scope="module")
+def pr_report(pr_repo: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One report of the PR commit against the base, with the per-K plot when it can render."""
+    repo, base = pr_repo
+    out = tmp_path_factory.mktemp("report") / "report.md"
+    plots = ["--plots-dir", str(out.parent / "p")] if find_spec("vl_convert") else []
+    proc = report(repo, "--base", base, "--out", str(out), *plots)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    return out
+
+
+def test_metric_table_leads_with_map_at_k(pr_report: Path) -> None:
+    metrics = table(pr_report.read_text(), "### Metrics")
+    names = [row[0].strip("*") for row in metrics]
+    assert names == [
+        "map_at_k",
+        "precision_at_k",
+        "users",
+        "recall_at_k",
+        "baseline.map_at_k",
+        "baseline.precision_at_k",
+    ]
+    assert metrics[0][1:] == ["0.1", "0.12", "+0.02", "+20.00%"]
+    assert metrics[1][1:] == ["0.2", "0.2", "0", "0%"]
+
+
+def test_param_table_lists_only_the_changed_param(pr_report: Path) -> None:
+    text = pr_report.read_text()
+    assert table(text, "### Params") == [["als.factors", "8", "16", "+8", "+100.00%"]]
+    assert "Changed: 1 of 6 metrics, 1 param." in text
+
+
+def test_per_k_plot_is_rendered_and_embedded(pr_report: Path) -> None:
+    pytest.importorskip("vl_convert", reason="vl-convert-python renders the per-K plot")
+    text, folder = pr_report.read_text(), pr_report.parent / "p"
+    assert "![Ranking by K](p/ranking_by_k.png)" in text
+    assert (folder / "ranking_by_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "[index.html](p/index.html)" in text
+    assert (folder / "index.html").is_file()
+
+
+def test_no_change_is_said_plainly(pr_repo: tuple[Path, str]) -> None:
+    repo, _ = pr_repo
+    proc = report(repo, "--base", "main", "--new", "HEAD")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("## DVC report: `main` -> `HEAD`")
+    assert "**No change**" in proc.stdout
+    assert "No param changed." in proc.stdout
+    assert all(row[3] == "0" for row in table(proc.stdout, "### Metrics"))
+
+
+def test_unknown_base_is_one_error_line(pr_repo: tuple[Path, str], tmp_path: Path) -> None:
+    repo, _ = pr_repo
+    out = tmp_path / "report.md"
+    proc = report(repo, "--base", "no-such-branch", "--out", str(out))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown git revision 'no-such-branch'"
+    assert proc.stdout == ""
+    assert not out.exists()
+
+
+def test_git_repo_without_dvc_is_rejected(tmp_path: Path) -> None:
+    run(["git", "init", "-q"], tmp_path)
+    proc = report(tmp_path, "--base", "HEAD")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "not a DVC repository" in proc.stderr
