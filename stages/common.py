@@ -323,6 +323,35 @@ def load_ids(path: Path | str, column: str) -> np.ndarray:
     return frame[column].to_numpy(dtype=str)
 
 
+def read_id_table(path: Path | str, key: str, wanted: list[str]) -> Any:
+    """The `key` column and whichever `wanted` columns exist, all as strings.
+
+    Metadata files (items, users) are optional extras for evaluation, so a missing `wanted`
+    column is not an error; a missing key column is.
+    """
+    import pandas as pd
+
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; run the generate stage first (dvc repro)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise StageError(f"{path}: not a readable CSV ({exc})") from None
+    if key not in header:
+        raise StageError(f"{path}: missing column {key}")
+    cols = [key] + [c for c in wanted if c in header]
+    return pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False)
+
+
+def aligned(frame: Any, key: str, column: str, ids: np.ndarray) -> np.ndarray:
+    """`column` values in the order of `ids` (matrix order); "" where an id is not listed.
+
+    A repeated id keeps its first row.
+    """
+    values = frame.drop_duplicates(key).set_index(key)[column]
+    return values.reindex(np.asarray(ids, dtype=str)).fillna("").to_numpy(dtype=str)
+
+
 def _csv_field(value: str) -> str:
     if any(c in value for c in ',"\n\r'):
         return '"' + value.replace('"', '""') + '"'

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
@@ -23,15 +22,17 @@ from threadpoolctl import threadpool_limits
 from stages.common import (
     Params,
     StageError,
+    aligned,
     load_csr,
     load_ids,
     load_npz,
+    read_id_table,
     run_stage,
     worker_threads,
     write_json,
     write_text,
 )
-from stages.fallback import build_fallback
+from stages.fallback import build_fallback, load_item_categories
 from stages.ranking import (
     METRICS,
     category_share,
@@ -218,26 +219,6 @@ def benchmark_evaluate(
 # --------------------------------------------------------------------------- stage
 
 
-def read_csv_columns(path: Path, key: str, wanted: str) -> pd.DataFrame:
-    """`key` and (if present) `wanted` columns of a CSV, as strings."""
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-    except FileNotFoundError:
-        raise StageError(f"{path}: not found; run the generate stage first (dvc repro)") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise StageError(f"{path}: not a readable CSV ({exc})") from None
-    if key not in header:
-        raise StageError(f"{path}: missing column {key}")
-    cols = [key] + ([wanted] if wanted in header else [])
-    return pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False)
-
-
-def aligned(frame: pd.DataFrame, key: str, column: str, ids: np.ndarray) -> np.ndarray:
-    """`column` values for each id in `ids` (matrix order); "" where the id is unknown."""
-    values = frame.drop_duplicates(key).set_index(key)[column]
-    return values.reindex(ids).fillna("").to_numpy(dtype=str)
-
-
 def load_factors(train_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     arrays = load_npz(MODEL)
     for name in ("user_factors", "item_factors"):
@@ -276,8 +257,8 @@ def main() -> None:
     item_ids = load_ids(ITEM_IDS, "ITEM_ID")
     if (user_ids.size, item_ids.size) != train.shape:
         raise StageError(f"{USER_IDS} / {ITEM_IDS} do not match {TRAIN} {train.shape}")
-    items = read_csv_columns(ITEMS, "ITEM_ID", "CATEGORY_L1")
-    users_frame = read_csv_columns(USERS, "USER_ID", "PERSONA")
+    categories = load_item_categories(ITEMS, item_ids)
+    users_frame = read_id_table(USERS, "USER_ID", ["PERSONA", "SEGMENT"])
     user_factors, item_factors = load_factors(train.shape)
 
     model = model_from_factors(user_factors, item_factors, worker_threads())
@@ -287,10 +268,14 @@ def main() -> None:
     metrics["k"] = k
     metrics["baseline"] = summary(scored["baseline"], users.size)
 
-    categories = (
-        aligned(items, "ITEM_ID", "CATEGORY_L1", item_ids) if "CATEGORY_L1" in items else None
+    segments = (
+        aligned(users_frame, "USER_ID", "SEGMENT", user_ids[users])
+        if "SEGMENT" in users_frame
+        else None
     )
-    metrics["fallback"] = score_cold_start(train, test, scored, categories, fallback_size, k)
+    metrics["fallback"] = score_cold_start(
+        train, test, scored, categories, fallback_size, k, segments
+    )
     if "PERSONA" in users_frame and categories is not None:
         personas = aligned(users_frame, "USER_ID", "PERSONA", user_ids[users])
         group, item_cat, allowed = persona_codes(personas, categories)
@@ -318,10 +303,13 @@ def score_cold_start(
     categories: np.ndarray | None,
     size: int,
     k: int,
+    segments: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The fallback list vs most-popular (and the model) on users with <= 1 training item.
 
-    Both lists skip the user's training item, exactly like the main evaluation.
+    Both lists skip the user's training item, exactly like the main evaluation. With
+    `segments` (one label per evaluated user, e.g. web / store) each segment is also scored
+    on its own: one list serves them all, and a pooled number hides who it serves well.
     """
     rows = np.flatnonzero(np.diff(train.indptr)[scored["users"]] <= 1)
     cold = scored["users"][rows]
@@ -333,6 +321,21 @@ def score_cold_start(
     out["size"] = size
     out["baseline"] = summary(evaluate_recs(scored["baseline_recs"][rows], test_rows), cold.size)
     out["model"] = summary(evaluate_recs(scored["model_recs"][rows], test_rows), cold.size)
+    if segments is not None:
+        labels = segments[rows]
+        out["segments"] = {}
+        for label in np.unique(labels[labels != ""]):  # a handful of segments, not users
+            part = labels == label
+            seg_rows = test_rows[np.flatnonzero(part)]
+            fb = evaluate_recs(fallback_recs[part], seg_rows)
+            mp = evaluate_recs(scored["baseline_recs"][rows][part], seg_rows)
+            out["segments"][str(label)] = {
+                "users": int(part.sum()),
+                "map_at_k": _round(fb["map_at_k"][-1]),
+                "hit_rate_at_k": _round(fb["hit_rate_at_k"][-1]),
+                "baseline_map_at_k": _round(mp["map_at_k"][-1]),
+                "baseline_hit_rate_at_k": _round(mp["hit_rate_at_k"][-1]),
+            }
     return out
 
 

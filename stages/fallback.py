@@ -125,23 +125,12 @@ def load_item_categories(path: Path | str, item_ids: np.ndarray) -> np.ndarray |
     catalogue without CATEGORY_L1 gives None (plain popularity); items it does not list
     share the category "" and a repeated ITEM_ID keeps its first row.
     """
-    import pandas as pd  # local: the serving CLI imports this module's package only
+    from stages.common import aligned, read_id_table
 
-    from stages.common import StageError
-
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-    except FileNotFoundError:
-        raise StageError(f"{path}: not found; run the generate stage first (dvc repro)") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise StageError(f"{path}: not a readable CSV ({exc})") from None
-    if "ITEM_ID" not in header:
-        raise StageError(f"{path}: missing column ITEM_ID")
-    if "CATEGORY_L1" not in header:
+    frame = read_id_table(path, "ITEM_ID", ["CATEGORY_L1"])
+    if "CATEGORY_L1" not in frame:
         return None
-    frame = pd.read_csv(path, usecols=["ITEM_ID", "CATEGORY_L1"], dtype=str, keep_default_na=False)
-    values = frame.drop_duplicates("ITEM_ID").set_index("ITEM_ID")["CATEGORY_L1"]
-    return values.reindex(np.asarray(item_ids, dtype=str)).fillna("").to_numpy(dtype=str)
+    return aligned(frame, "ITEM_ID", "CATEGORY_L1", item_ids)
 
 
 def cold_users(train: sp.spmatrix, test: sp.spmatrix) -> np.ndarray:
