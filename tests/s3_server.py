@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -126,8 +127,18 @@ class S3Server:
 
 @pytest.fixture(scope="session", name="s3_server")
 def s3_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """Start moto's S3 server for the session; stop it (and only it) at the end."""
+    """Start moto's S3 server for the session; stop it (and only it) at the end.
+
+    With RECSYS_TEST_S3_ENDPOINT set (CI starts one with `scripts/s3-dev start`), that
+    server is used and left running for whoever started it.
+    """
     log = tmp_path_factory.mktemp("s3-server") / "server.log"
+    external = os.environ.get("RECSYS_TEST_S3_ENDPOINT", "").strip()
+    if external:
+        if not s3_dev.answers(external):
+            pytest.fail(f"RECSYS_TEST_S3_ENDPOINT={external} does not answer", pytrace=False)
+        yield S3Server(endpoint=external, log=log)
+        return
     port = s3_dev.free_port()
     endpoint = s3_dev.endpoint_for(port)
     try:
