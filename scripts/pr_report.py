@@ -124,7 +124,14 @@ def render_report(
     lines += ["### Metrics", ""]
     if metrics:
         with_path = len({row.path for row in metrics}) > 1
-        lines += _table(metrics, "Metric", with_path)
+        # map_at_k and whatever moved stay in view; the unchanged rest folds away
+        shown = [row for i, row in enumerate(metrics) if i == 0 or _changed(row)]
+        folded = [row for i, row in enumerate(metrics) if i > 0 and not _changed(row)]
+        lines += _table(shown, "Metric", with_path)
+        if folded:
+            lines += ["", f"<details><summary>{len(folded)} unchanged metrics</summary>", ""]
+            lines += _table(folded, "Metric", with_path)
+            lines += ["", "</details>"]
     else:
         lines.append("No metrics found on either side.")
     lines.append("")

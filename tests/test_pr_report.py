@@ -91,7 +91,7 @@ def report(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def table(markdown: str, heading: str) -> list[list[str]]:
-    """Data rows of the first table under `heading`, as stripped cells."""
+    """Data rows of the tables under `heading` (folded ones too), as stripped cells."""
     lines = markdown.splitlines()
     start = lines.index(heading)
     rows = []
@@ -100,7 +100,7 @@ def table(markdown: str, heading: str) -> list[list[str]]:
             break
         if line.startswith("|") and not line.startswith("|---"):
             rows.append([cell.strip() for cell in line.strip("|").split("|")])
-    return rows[1:]  # drop the header row
+    return [row for row in rows if row[0] not in ("Metric", "Param")]  # no header rows
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,8 @@ def test_metric_table_leads_with_map_at_k(pr_report: Path) -> None:
     ]
     assert metrics[0][1:] == ["0.1", "0.12", "+0.02", "+20.00%"]
     assert metrics[1][1:] == ["0.2", "0.2", "0", "0%"]
+    # what did not move is folded away under the changed rows
+    assert "<details><summary>5 unchanged metrics</summary>" in pr_report.read_text()
 
 
 def test_param_table_lists_only_the_changed_param(pr_report: Path) -> None:
