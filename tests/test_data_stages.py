@@ -114,3 +114,19 @@ def test_random_split_is_seeded() -> None:
 def test_bad_mask_params(values: dict, message: str) -> None:
     with pytest.raises(StageError, match=message):
         mask_params(Params("mask", values))
+
+
+def test_ids_that_look_like_missing_values_are_kept(tmp_path) -> None:
+    from stages.confidence import load_events
+
+    path = tmp_path / "interactions.csv"
+    path.write_text(
+        "ITEM_ID,USER_ID,EVENT_TYPE,TIMESTAMP,DISCOUNT\n"
+        "null,NA,View,1,No\nNaN,None,Purchase,2,\nnull,NA,View,3,No\n"
+    )
+    pairs = aggregate(load_events(str(path)), WEIGHTS, "sum", 1.0)
+    assert sorted(zip(pairs["USER_ID"], pairs["ITEM_ID"], strict=True)) == [
+        ("NA", "null"),
+        ("None", "NaN"),
+    ]
+    assert pairs["CONFIDENCE"].sum() == 1 + 1 + 5

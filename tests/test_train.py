@@ -72,6 +72,15 @@ def test_fit_returns_float32_factors_of_the_right_shape() -> None:
     assert losses[-1] < losses[0]
 
 
+def test_loss_tracking_can_be_switched_off_without_changing_the_model() -> None:
+    train = clustered_matrix()
+    tracked = fit_als(train, AlsParams(**ALS), threads=1, show_progress=False)
+    quiet = fit_als(train, AlsParams(**ALS, track_loss=False), threads=1, show_progress=False)
+    np.testing.assert_array_equal(tracked[0], quiet[0])
+    np.testing.assert_array_equal(tracked[1], quiet[1])
+    assert quiet[2] == [] and loss_csv(quiet[2]) == "iteration,loss\n"
+
+
 def test_thread_count_does_not_change_the_factors() -> None:
     train = clustered_matrix()
     one = fit_als(train, AlsParams(**ALS), threads=1, show_progress=False)
