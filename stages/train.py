@@ -139,7 +139,7 @@ def main() -> None:
     print(
         f"train: {train.shape[0]} users x {train.shape[1]} items, {train.nnz} pairs, "
         f"factors={als.factors} iterations={als.iterations} threads={threads}: "
-        f"{time.perf_counter() - start:.1f}s"
+        f"fit {time.perf_counter() - start:.2f}s"
         + (f", final loss {losses[-1]:.6g}" if losses else " (als.track_loss off)")
     )
     write_npz(MODEL, user_factors=users, item_factors=items)
