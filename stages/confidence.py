@@ -9,13 +9,13 @@ time-based split.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-from stages.common import Params, StageError, atomic_path, run_stage
+from stages.common import CONFIDENCE, INTERACTIONS, Params, StageError, atomic_path, run_stage
 
-INTERACTIONS = "data/interactions.csv"
-OUTPUT = "data/confidence.parquet"
 AGGREGATIONS = ["sum", "log"]
 COLUMNS = ["USER_ID", "ITEM_ID", "EVENT_TYPE", "TIMESTAMP"]
 
@@ -39,7 +39,7 @@ def read_params(params: Params) -> dict:
     return cfg
 
 
-def load_events(path: str = INTERACTIONS) -> pd.DataFrame:
+def load_events(path: Path | str = INTERACTIONS) -> pd.DataFrame:
     """Read only the columns confidence needs; ids as categoricals to stay lean at 10x scale."""
     try:
         events = pd.read_csv(
@@ -100,7 +100,7 @@ def aggregate(
     )
 
 
-def write_pairs(pairs: pd.DataFrame, path: str = OUTPUT) -> None:
+def write_pairs(pairs: pd.DataFrame, path: Path | str = CONFIDENCE) -> None:
     with atomic_path(path) as tmp:
         pairs.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
 

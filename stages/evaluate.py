@@ -11,7 +11,6 @@ categories (when data/users.csv has PERSONA).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,15 @@ from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from stages.common import (
+    ITEM_IDS,
+    ITEMS,
+    METRICS_JSON,
+    MODEL,
+    RANKING_AT_K,
+    TEST,
+    TRAIN,
+    USER_IDS,
+    USERS,
     Params,
     StageError,
     aligned,
@@ -41,16 +49,6 @@ from stages.ranking import (
     popularity_ranking,
     top_k_excluding,
 )
-
-TRAIN = Path("data/train.npz")
-TEST = Path("data/test.npz")
-USER_IDS = Path("data/user_ids.csv")
-ITEM_IDS = Path("data/item_ids.csv")
-ITEMS = Path("data/items.csv")
-USERS = Path("data/users.csv")
-MODEL = Path("models/als.npz")
-METRICS_JSON = Path("metrics/metrics.json")
-RANKING_CSV = Path("metrics/ranking_at_k.csv")
 
 DIGITS = 6
 RECOMMEND_BATCH = 20_000
@@ -292,7 +290,7 @@ def main() -> None:
         f"evaluate: {users.size} users, MAP@{k} {metrics['map_at_k']:.4f} "
         f"(most popular {metrics['baseline']['map_at_k']:.4f})"
     )
-    write_text(RANKING_CSV, ranking_csv(scored["model"]))
+    write_text(RANKING_AT_K, ranking_csv(scored["model"]))
     write_json(METRICS_JSON, metrics)
 
 

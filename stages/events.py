@@ -31,13 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from stages.common import Params, StageError, atomic_path
+from stages.common import INTERACTIONS, ITEMS, USERS, Params, StageError, atomic_path
 
 Log = Callable[[str], None]
-
-INTERACTIONS_OUT = Path("data/interactions.csv")
-ITEMS_OUT = Path("data/items.csv")
-USERS_OUT = Path("data/users.csv")
 
 REQUIRED = ("USER_ID", "ITEM_ID", "EVENT_TYPE", "TIMESTAMP")
 INTERACTION_COLUMNS = ["ITEM_ID", "USER_ID", "EVENT_TYPE", "TIMESTAMP", "DISCOUNT"]
@@ -500,11 +496,11 @@ def import_events(cfg: ImportConfig, log: Log = print) -> None:
     )
     with contextlib.ExitStack() as stack:
         # all three are renamed only after all three were written
-        for table, out in ((events, INTERACTIONS_OUT), (items, ITEMS_OUT), (users, USERS_OUT)):
+        for table, out in ((events, INTERACTIONS), (items, ITEMS), (users, USERS)):
             write_csv(table, stack.enter_context(atomic_path(out)))
     log(
-        f"import: wrote {INTERACTIONS_OUT} ({events.num_rows:,} rows), "
-        f"{ITEMS_OUT} ({items.num_rows:,}), {USERS_OUT} ({users.num_rows:,})"
+        f"import: wrote {INTERACTIONS} ({events.num_rows:,} rows), "
+        f"{ITEMS} ({items.num_rows:,}), {USERS} ({users.num_rows:,})"
     )
 
 

@@ -19,6 +19,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from stages.common import (
+    BUNDLE,
+    ITEM_IDS,
+    ITEMS,
+    METRICS_JSON,
+    MODEL,
+    TRAIN,
+    USER_IDS,
     Params,
     StageError,
     atomic_dir,
@@ -33,14 +40,6 @@ from stages.common import (
     write_npz,
 )
 from stages.fallback import build_fallback, load_item_categories
-
-TRAIN = Path("data/train.npz")
-USER_IDS = Path("data/user_ids.csv")
-ITEM_IDS = Path("data/item_ids.csv")
-ITEMS = Path("data/items.csv")
-MODEL = Path("models/als.npz")
-METRICS = Path("metrics/metrics.json")
-BUNDLE = Path("models/bundle")
 
 BUNDLE_FORMAT = 1
 
@@ -217,11 +216,11 @@ def main() -> None:
     user_factors, item_factors = check_model(load_npz(MODEL), *train.shape)
     categories = load_item_categories(ITEMS, item_ids)
     try:
-        metrics = read_json(METRICS)
+        metrics = read_json(METRICS_JSON)
     except FileNotFoundError:
-        raise StageError(f"{METRICS}: not found; run the evaluate stage first") from None
+        raise StageError(f"{METRICS_JSON}: not found; run the evaluate stage first") from None
     except ValueError as exc:
-        raise StageError(f"{METRICS}: not valid JSON ({exc})") from None
+        raise StageError(f"{METRICS_JSON}: not valid JSON ({exc})") from None
 
     extra = {
         "params": {"als": als_params, "export": {"top_n": top_n, "fallback_size": fallback_size}},

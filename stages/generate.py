@@ -57,11 +57,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from scipy.special import ndtr, ndtri
 
-from stages.common import Params, StageError, atomic_path, run_stage
+from stages.common import INTERACTIONS, ITEMS, USERS, Params, StageError, atomic_path, run_stage
 
-INTERACTIONS = "data/interactions.csv"
-ITEMS = "data/items.csv"
-USERS = "data/users.csv"
 SOURCES = ["synthetic", "files"]
 # Keys of `generate` that only the `files` importer (stages/events.py) reads, and the keys
 # only the simulator reads: each mode ignores the other's, so one params.yaml serves both.

@@ -10,7 +10,17 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from stages.common import Params, StageError, load_csr, run_stage, save_csr
+from stages.common import (
+    LAST_SEEN,
+    MATRIX,
+    TEST,
+    TRAIN,
+    Params,
+    StageError,
+    load_csr,
+    run_stage,
+    save_csr,
+)
 
 STRATEGIES = ["random", "time"]
 
@@ -65,13 +75,13 @@ def random_split(
 
 def main() -> None:
     cfg = read_params(Params.load("mask"))
-    matrix = load_csr("data/matrix.npz")
+    matrix = load_csr(MATRIX)
     if cfg["strategy"] == "random":
         train, test = random_split(matrix, cfg["fraction"], cfg["seed"])
     else:
         from stages.time_split import time_split
 
-        last_seen = load_csr("data/last_seen.npz")
+        last_seen = load_csr(LAST_SEEN)
         train, test = time_split(
             matrix,
             last_seen,
@@ -79,8 +89,8 @@ def main() -> None:
             last_n=cfg["last_n"] or None,
             min_history=cfg["min_history"],
         )
-    save_csr("data/train.npz", train)
-    save_csr("data/test.npz", test)
+    save_csr(TRAIN, train)
+    save_csr(TEST, test)
     users = int(np.count_nonzero(np.diff(test.indptr)))
     print(
         f"mask ({cfg['strategy']}): {train.nnz:,} training pairs, {test.nnz:,} held out "

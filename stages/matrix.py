@@ -7,16 +7,26 @@ pair's last timestamp, for the time-based split.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from stages.common import StageError, run_stage, save_csr, save_ids
+from stages.common import (
+    CONFIDENCE,
+    ITEM_IDS,
+    LAST_SEEN,
+    MATRIX,
+    USER_IDS,
+    StageError,
+    run_stage,
+    save_csr,
+    save_ids,
+)
 
-INPUT = "data/confidence.parquet"
 
-
-def load_pairs(path: str = INPUT) -> pd.DataFrame:
+def load_pairs(path: Path | str = CONFIDENCE) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except FileNotFoundError:
@@ -26,7 +36,7 @@ def load_pairs(path: str = INPUT) -> pd.DataFrame:
 def build(pairs: pd.DataFrame) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray, np.ndarray]:
     """Return (confidence CSR float32, last-seen CSR int64, user ids, item ids)."""
     if pairs.empty:
-        raise StageError(f"{INPUT}: no (user, item) pairs; the event log is empty")
+        raise StageError(f"{CONFIDENCE}: no (user, item) pairs; the event log is empty")
     user_ids, rows = np.unique(pairs["USER_ID"].to_numpy(dtype=str), return_inverse=True)
     item_ids, cols = np.unique(pairs["ITEM_ID"].to_numpy(dtype=str), return_inverse=True)
     shape = (len(user_ids), len(item_ids))
@@ -37,16 +47,16 @@ def build(pairs: pd.DataFrame) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray
         (pairs["LAST_TIMESTAMP"].to_numpy(np.int64), (rows, cols)), shape=shape, dtype=np.int64
     )
     if confidence.nnz != len(pairs):
-        raise StageError(f"{INPUT}: duplicate (USER_ID, ITEM_ID) pairs; re-run confidence")
+        raise StageError(f"{CONFIDENCE}: duplicate (USER_ID, ITEM_ID) pairs; re-run confidence")
     return confidence, last_seen, user_ids, item_ids
 
 
 def main() -> None:
     confidence, last_seen, user_ids, item_ids = build(load_pairs())
-    save_csr("data/matrix.npz", confidence)
-    save_csr("data/last_seen.npz", last_seen)
-    save_ids("data/user_ids.csv", "USER_ID", user_ids)
-    save_ids("data/item_ids.csv", "ITEM_ID", item_ids)
+    save_csr(MATRIX, confidence)
+    save_csr(LAST_SEEN, last_seen)
+    save_ids(USER_IDS, "USER_ID", user_ids)
+    save_ids(ITEM_IDS, "ITEM_ID", item_ids)
     density = confidence.nnz / (confidence.shape[0] * confidence.shape[1])
     print(
         f"matrix: {confidence.shape[0]:,} users x {confidence.shape[1]:,} items, "

@@ -18,6 +18,9 @@ from implicit.recommender_base import ModelFitError
 from threadpoolctl import threadpool_limits
 
 from stages.common import (
+    MODEL,
+    TRAIN,
+    TRAIN_LOSS,
     Params,
     StageError,
     load_csr,
@@ -26,10 +29,6 @@ from stages.common import (
     write_npz,
     write_text,
 )
-
-TRAIN = Path("data/train.npz")
-MODEL = Path("models/als.npz")
-LOSS = Path("metrics/train_loss.csv")
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ def main() -> None:
         + (f", final loss {losses[-1]:.6g}" if losses else " (als.track_loss off)")
     )
     write_npz(MODEL, user_factors=users, item_factors=items)
-    write_text(LOSS, loss_csv(losses))
+    write_text(TRAIN_LOSS, loss_csv(losses))
 
 
 if __name__ == "__main__":
