@@ -82,7 +82,9 @@ def make_repo_copy(dest: Path, params: dict[str, dict] | None = None) -> Path:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                src, target, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+            )
         else:
             shutil.copy2(src, target)
     set_params(dest, SMALL_PARAMS if params is None else params)
