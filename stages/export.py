@@ -36,6 +36,7 @@ from stages.common import (
     load_params,
     read_json,
     run_stage,
+    worker_threads,
     write_json,
     write_npz,
 )
@@ -230,7 +231,7 @@ def main() -> None:
     }
     # als.threads > 0 pins the thread count as in training; the output never depends on it.
     threads = als_params.get("threads")
-    threads = threads if isinstance(threads, int) and threads > 0 else cpu_budget()
+    threads = worker_threads(threads if isinstance(threads, int) and threads > 0 else 0)
     with atomic_dir(BUNDLE) as out:
         meta = build_bundle(
             out,
