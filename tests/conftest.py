@@ -65,6 +65,20 @@ def run(
     return proc
 
 
+def run_module(
+    module: str, *args: str, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m MODULE ARGS` as DVC runs a stage, with this checkout's `stages` importable."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def set_params(repo: Path, updates: dict[str, dict]) -> None:
     """Merge `updates` (section -> {key: value}) into the copy's params.yaml."""
     path = repo / "params.yaml"

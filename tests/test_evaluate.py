@@ -4,9 +4,7 @@ fitted ALS model, the baseline's exclusions, and the CLI's outputs and errors.""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ from stages.evaluate import (
 from stages.fallback import cold_users
 from stages.ranking import METRICS, hits_matrix, popularity_ranking
 from stages.train import AlsParams, fit_als
+from tests.conftest import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 ALS = AlsParams(
@@ -201,15 +200,7 @@ def write_project(repo: Path, fitted, *, persona: bool = True, k: int = 10) -> P
 
 
 def run_evaluate(cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RECSYS_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "stages.evaluate"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_module("stages.evaluate", cwd=cwd, RECSYS_THREADS="1")
 
 
 def test_stage_writes_stable_metrics_matching_implicit(tmp_path: Path, fitted) -> None:

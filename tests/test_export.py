@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from threadpoolctl import threadpool_limits
 from stages.common import run_stage, save_csr, save_ids, write_json, write_npz
 from stages.export import build_bundle, precompute_recommendations
 from stages.export import main as export_main
+from tests.conftest import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_N = 10
@@ -141,11 +140,7 @@ def write_inputs(repo: Path, top_n: int = TOP_N) -> None:
 
 
 def run_export(repo: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "stages.export"],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    return run_module("stages.export", cwd=repo)
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from stages.common import StageError, run_stage
 from stages.export import build_bundle
 from stages.recommend import FALLBACK, PERSONALISED, load_bundle
 from stages.recommend import main as recommend_main
+from tests.conftest import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS, TOP_N, FALLBACK_SIZE = 60, 30, 8, 12
@@ -107,14 +106,7 @@ def test_one_recommendation_takes_well_under_a_millisecond(bundle_dir: Path) -> 
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "stages.recommend", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_module("stages.recommend", *args)
 
 
 def test_cli_known_and_unknown_users(bundle_dir: Path) -> None:

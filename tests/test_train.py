@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import yaml
 
 from stages.common import StageError, cpu_budget, save_csr
 from stages.train import AlsParams, fit_als, loss_csv, resolve_threads
+from tests.conftest import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 ALS = {
@@ -51,15 +50,7 @@ def project(tmp_path: Path, als: dict | None = None) -> Path:
 
 
 def run_train(cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "stages.train"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_module("stages.train", cwd=cwd)
 
 
 def test_fit_returns_float32_factors_of_the_right_shape() -> None:
