@@ -26,7 +26,6 @@ from stages.ranking import METRICS, hits_matrix, popularity_ranking
 from stages.train import AlsParams, fit_als
 from tests.conftest import run_module
 
-ROOT = Path(__file__).resolve().parents[1]
 ALS = AlsParams(
     factors=8, regularization=0.05, alpha=5.0, iterations=5, use_cg=True, random_state=3, threads=1
 )

@@ -20,7 +20,6 @@ from stages.export import build_bundle, precompute_recommendations
 from stages.export import main as export_main
 from tests.conftest import run_module
 
-ROOT = Path(__file__).resolve().parents[1]
 TOP_N = 10
 N_USERS, N_ITEMS = 80, 40
 HEAVY_USER = 5  # more training items than TOP_N: goes through implicit's own filter

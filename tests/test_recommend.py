@@ -20,7 +20,6 @@ from stages.recommend import FALLBACK, PERSONALISED, load_bundle
 from stages.recommend import main as recommend_main
 from tests.conftest import run_module
 
-ROOT = Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS, TOP_N, FALLBACK_SIZE = 60, 30, 8, 12
 NO_HISTORY = "4"  # row 3: every pair held out
 

@@ -14,7 +14,6 @@ from stages.common import StageError, cpu_budget, save_csr
 from stages.train import AlsParams, fit_als, loss_csv, resolve_threads
 from tests.conftest import run_module
 
-ROOT = Path(__file__).resolve().parents[1]
 ALS = {
     "factors": 6,
     "regularization": 0.05,
