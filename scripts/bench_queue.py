@@ -13,9 +13,12 @@ folder that shares this repository's DVC cache, checks the committed outputs out
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,25 +30,34 @@ VARIANTS = [
     ["-S", "als.factors=128", "-S", "als.regularization=0.01"],
     ["-S", "als.factors=128", "-S", "als.regularization=0.1"],
 ]
+# The dvc of this interpreter's environment, whether or not its bin directory is on PATH.
+DVC = [sys.executable, "-m", "dvc"]
+# The stages' `python -m stages.X` commands must find this environment's python too.
+BIN = str(Path(sys.executable).parent)
+ENV = os.environ | {"PATH": os.pathsep.join([BIN, os.environ.get("PATH", "")])}
 
 
 def sh(args: list[str], cwd: Path) -> str:
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=ENV)
+    except FileNotFoundError:
+        raise SystemExit(f"error: {args[0]} is not installed or not on PATH") from None
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        shown = ["dvc", *args[len(DVC) :]] if args[: len(DVC)] == DVC else args
+        raise SystemExit(f"{' '.join(shown)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
 
 
 def run_queue(repo: Path, runs: list[list[str]], jobs: int, tag: str) -> float:
     """Queue `runs`, start `jobs` workers, wait until the queue drains; return wall seconds."""
     for i, overrides in enumerate(runs):
-        sh(["dvc", "exp", "run", "--queue", "--name", f"{tag}-{i}", *overrides], repo)
+        sh([*DVC, "exp", "run", "--queue", "--name", f"{tag}-{i}", *overrides], repo)
     start = time.perf_counter()
-    sh(["dvc", "queue", "start", "-j", str(jobs)], repo)
-    while re.search(r"\b(Queued|Running)\b", sh(["dvc", "queue", "status"], repo)):
+    sh([*DVC, "queue", "start", "-j", str(jobs)], repo)
+    while re.search(r"\b(Queued|Running)\b", sh([*DVC, "queue", "status"], repo)):
         time.sleep(0.5)
     wall = time.perf_counter() - start
-    status = sh(["dvc", "queue", "status"], repo)
+    status = sh([*DVC, "queue", "status"], repo)
     failed = [line for line in status.splitlines() if tag in line and "Success" not in line]
     if failed:
         raise SystemExit(f"experiments did not succeed:\n{status}")
@@ -53,13 +65,15 @@ def run_queue(repo: Path, runs: list[list[str]], jobs: int, tag: str) -> float:
 
 
 def main() -> None:
+    if importlib.util.find_spec("dvc") is None:
+        raise SystemExit(f"error: dvc is not installed for {sys.executable}")
     scratch = Path(tempfile.mkdtemp(prefix="recsys-queue-bench-"))
     repo = scratch / "repo"
     try:
         sh(["git", "clone", "-q", str(ROOT), str(repo)], scratch)
-        sh(["dvc", "cache", "dir", "--local", str(ROOT / ".dvc" / "cache")], repo)
-        sh(["dvc", "checkout", "-q"], repo)
-        status = sh(["dvc", "status"], repo)
+        sh([*DVC, "cache", "dir", "--local", str(ROOT / ".dvc" / "cache")], repo)
+        sh([*DVC, "checkout", "-q"], repo)
+        status = sh([*DVC, "status"], repo)
         if "up to date" not in status:
             raise SystemExit(f"commit and reproduce the pipeline first (dvc status):\n{status}")
         seq = run_queue(repo, VARIANTS, 1, "seq")

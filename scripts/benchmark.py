@@ -142,6 +142,10 @@ def main() -> None:
         "--repeat", type=int, default=3, help="train and bare fit() runs; the best counts"
     )
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
+    if min(args.scale) < 1:
+        parser.error(f"--scale must be at least 1, got {min(args.scale)}")
     parent = Path(tempfile.mkdtemp(prefix="recsys-bench-"))
     try:
         for scale in args.scale:

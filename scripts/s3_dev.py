@@ -287,8 +287,16 @@ def cmd_start(root: Path, port: int | None, remote_arg: str | None) -> None:
     remote = remote_name(config, remote_arg or (state or {}).get("remote"))
     bucket = bucket_of(config, remote)
     log_path = root / STATE_DIR / "server.log"
+    running = bool(state and is_moto(state["pid"]))
 
-    if state and is_moto(state["pid"]):
+    # One remote per server: `stop` restores only the remote in the state file, so a second
+    # remote would be left pointing at a dead endpoint.
+    if state and remote != state["remote"]:
+        raise DevError(
+            f"the S3 server {'runs' if running else 'was started'} for remote "
+            f"'{state['remote']}', not '{remote}'; run `scripts/s3-dev stop` first"
+        )
+    if state and running:
         if port is not None and port != state["port"]:
             raise DevError(
                 f"already running on port {state['port']}; run `scripts/s3-dev stop` first"
@@ -299,13 +307,18 @@ def cmd_start(root: Path, port: int | None, remote_arg: str | None) -> None:
         port = DEFAULT_PORT if port is None else port
         endpoint = endpoint_for(port)
         proc = launch(port, log_path)
-        wait_until_up(endpoint, proc, log_path)
-        # Keep the values from before the first start: after a crash config.local still
-        # holds ours, and those must not become the ones `stop` restores.
-        saved = state["saved"] if state else local_values(root, remote)
-        state = {"pid": proc.pid, "port": port, "endpoint": endpoint, "remote": remote}
-        state["saved"] = saved
-        write_state(root, state)
+        try:
+            wait_until_up(endpoint, proc, log_path)
+            # Keep the values from before the first start: after a crash config.local still
+            # holds ours, and those must not become the ones `stop` restores.
+            saved = state["saved"] if state else local_values(root, remote)
+            state = {"pid": proc.pid, "port": port, "endpoint": endpoint, "remote": remote}
+            state["saved"] = saved
+            write_state(root, state)
+        except BaseException:
+            # Not in the state file yet, so `stop` could not find it: never leave it behind.
+            terminate(proc.pid)
+            raise
         print(f"s3-dev: started moto S3 server (pid {proc.pid}) at {endpoint}")
         print(f"s3-dev: log: {log_path.relative_to(root)}")
 

@@ -58,9 +58,15 @@ class StageError(Exception):
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's `main()`, mapping user errors to one stderr line and exit code 2."""
+    """Run a stage's `main()`, mapping user errors to one stderr line and exit code 2.
+
+    All of the stage's writes form one transaction (`atomic_outputs`): they replace the
+    previous outputs only once `main()` has succeeded, so a failure never leaves a mix of old
+    and new files (say a new train.npz beside an old test.npz).
+    """
     try:
-        main()
+        with atomic_outputs():
+            main()
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
@@ -69,6 +75,12 @@ def run_stage(main: Callable[[], None]) -> None:
         sys.exit(130)
     except MemoryError:
         print("error: out of memory; try a smaller scale in params.yaml", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:  # disk full, a directory where a file should be, permissions
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"error: {where}{exc.strerror or exc}; previous outputs left untouched", file=sys.stderr
+        )
         sys.exit(1)
 
 
@@ -83,6 +95,8 @@ def load_params(section: str, path: Path | str = PARAMS_FILE) -> dict[str, Any]:
             params = yaml.safe_load(fh)
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run from the repository root") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StageError(f"{path}: cannot read ({exc})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -206,6 +220,63 @@ def _bounds(
 # --------------------------------------------------------------------------- atomic IO
 
 
+# Open output transactions (see `atomic_outputs`): each holds (temp, final, replace) triples.
+_PENDING: list[list[tuple[Path, Path, Callable[[Path, Path], None]]]] = []
+
+
+def _discard(tmp: Path) -> None:
+    if tmp.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+
+
+def _commit(tmp: Path, path: Path, replace: Callable[[Path, Path], None]) -> None:
+    """Put a finished temp output in place now, or at the end of the open transaction."""
+    if _PENDING:
+        _PENDING[-1].append((tmp, path, replace))
+    else:
+        replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_outputs() -> Iterator[None]:
+    """Hold back every atomic write of the block and rename them all only if it succeeds.
+
+    Each output is still written to a temp file beside its target; the renames, which are
+    atomic one by one, happen together at the end. On an error the temp files are removed
+    and the previous outputs stay as they were.
+    """
+    _PENDING.append([])
+    try:
+        yield
+    except BaseException:
+        for tmp, _, _ in _PENDING.pop():
+            _discard(tmp)
+        raise
+    batch = _PENDING.pop()
+    if _PENDING:  # nested: the outer transaction decides
+        _PENDING[-1].extend(batch)
+        return
+    for tmp, path, replace in batch:
+        replace(tmp, path)
+
+
+def _replace_file(tmp: Path, path: Path) -> None:
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    os.chmod(tmp, 0o755)
+    old = path.parent / f".{path.name}.old"
+    _discard(old)
+    if path.exists() or path.is_symlink():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _discard(old)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it over `path` only if the block succeeds.
@@ -224,10 +295,10 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    except BaseException:
+        _discard(tmp_path)
+        raise
+    _commit(tmp_path, path, _replace_file)
 
 
 @contextlib.contextmanager
@@ -236,17 +307,12 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    old = path.parent / f".{path.name}.old"
     try:
         yield tmp
-        os.chmod(tmp, 0o755)
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        _discard(tmp)
+        raise
+    _commit(tmp, path, _replace_dir)
 
 
 def write_text(path: Path | str, text: str) -> None:
@@ -260,8 +326,14 @@ def write_json(path: Path | str, obj: Any) -> None:
 
 
 def read_json(path: Path | str) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """Parsed JSON; a missing or broken file is a StageError naming it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; run the upstream stage first (dvc repro)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StageError(f"{path}: not readable JSON ({exc})") from None
 
 
 def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
@@ -287,12 +359,19 @@ def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
 def load_npz(path: Path | str) -> dict[str, np.ndarray]:
     """Load every array of an `.npz` without pickle; a broken file is a StageError."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run the upstream stage first (dvc repro)") from None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise StageError(f"{path}: not a readable .npz file ({exc})") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError):
+        # numpy's own message suggests allow_pickle=True, which we never want
+        raise StageError(f"{path}: not a readable .npz file; re-run dvc repro") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise StageError(f"{path}: a single array, not an .npz archive; re-run dvc repro")
+    try:
+        with data:
+            return {k: data[k] for k in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError):
+        raise StageError(f"{path}: not a readable .npz file; re-run dvc repro") from None
 
 
 def save_csr(path: Path | str, matrix: sp.csr_matrix) -> None:
@@ -312,11 +391,40 @@ def save_csr(path: Path | str, matrix: sp.csr_matrix) -> None:
 def load_csr(path: Path | str) -> sp.csr_matrix:
     """Load a CSR matrix written by `save_csr` (or scipy's `save_npz`)."""
     try:
-        return sp.load_npz(path).tocsr()
+        matrix = sp.load_npz(path).tocsr()
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run the upstream stage first (dvc repro)") from None
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-        raise StageError(f"{path}: not a readable sparse matrix ({exc})") from None
+    except (ValueError, OSError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, EOFError):
+        raise StageError(f"{path}: not a readable sparse matrix; re-run dvc repro") from None
+    if not np.issubdtype(matrix.dtype, np.number):
+        raise StageError(f"{path}: values of type {matrix.dtype}; expected numbers")
+    return matrix
+
+
+def load_factors(path: Path | str, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """The model's float32 factors, checked: present, finite, and the training matrix's shape.
+
+    NaN factors would otherwise give a plausible-looking but meaningless metrics file.
+    """
+    model = load_npz(path)
+    for key in ("user_factors", "item_factors"):
+        if key not in model:
+            raise StageError(f"{path}: missing array '{key}'; re-run the train stage")
+    users, items = model["user_factors"], model["item_factors"]
+    expected = {"user_factors": n_users, "item_factors": n_items}
+    for key, arr in (("user_factors", users), ("item_factors", items)):
+        if arr.ndim != 2 or arr.shape[0] != expected[key]:
+            raise StageError(
+                f"{path}: {key} has shape {arr.shape}; expected {expected[key]} rows to "
+                f"match {TRAIN} {(n_users, n_items)}; re-run dvc repro"
+            )
+        if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
+            raise StageError(f"{path}: {key} must hold finite floats; re-run the train stage")
+    if users.shape[1] != items.shape[1]:
+        raise StageError(
+            f"{path}: user_factors has {users.shape[1]} factors, item_factors {items.shape[1]}"
+        )
+    return users.astype(np.float32, copy=False), items.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------- id maps
@@ -333,9 +441,12 @@ def load_ids(path: Path | str, column: str) -> np.ndarray:
     import pandas as pd  # local: keeps `import stages.common` light for the CLI
 
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # blank lines are ids too (row i is line i + 2), so none may be skipped
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run the upstream stage first (dvc repro)") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        raise StageError(f"{path}: not a one-column id map; re-run dvc repro") from None
     if list(frame.columns) != [column]:
         raise StageError(f"{path}: expected a single column '{column}'")
     return frame[column].to_numpy(dtype=str)
@@ -351,14 +462,14 @@ def read_id_table(path: Path | str, key: str, wanted: list[str]) -> Any:
 
     try:
         header = pd.read_csv(path, nrows=0).columns
+        if key not in header:
+            raise StageError(f"{path}: missing column {key}")
+        cols = [key] + [c for c in wanted if c in header]
+        return pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run the generate stage first (dvc repro)") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise StageError(f"{path}: not a readable CSV ({exc})") from None
-    if key not in header:
-        raise StageError(f"{path}: missing column {key}")
-    cols = [key] + [c for c in wanted if c in header]
-    return pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise StageError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
 
 
 def aligned(frame: Any, key: str, column: str, ids: np.ndarray) -> np.ndarray:

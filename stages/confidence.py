@@ -9,10 +9,12 @@ time-based split.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from stages.common import CONFIDENCE, INTERACTIONS, Params, StageError, atomic_path, run_stage
 
@@ -26,9 +28,14 @@ def read_params(params: Params) -> dict:
     for event, weight in weights.items():
         if not isinstance(event, str) or not event:
             raise StageError(f"params.yaml: confidence.weights has key {event!r}; expected a name")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not 0 < weight < math.inf
+        ):
             raise StageError(
-                f"params.yaml: confidence.weights.{event} = {weight!r}; expected a number > 0"
+                f"params.yaml: confidence.weights.{event} = {weight!r}; "
+                "expected a finite number > 0"
             )
     cfg = {
         "weights": {str(k): float(v) for k, v in weights.items()},
@@ -51,10 +58,19 @@ def load_events(path: Path | str = INTERACTIONS) -> pd.DataFrame:
         )
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run the generate stage first (dvc repro)") from None
-    except ValueError as exc:
-        raise StageError(f"{path}: expected columns {', '.join(COLUMNS)} ({exc})") from None
+    except (ValueError, KeyError, OSError, UnicodeDecodeError, pa.ArrowException) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StageError(
+            f"{path}: not a readable event log with columns {', '.join(COLUMNS)} ({reason})"
+        ) from None
+    if events.empty:
+        raise StageError(f"{path}: no events (header only); expected at least one row")
     if not pd.api.types.is_integer_dtype(events["TIMESTAMP"]):
         raise StageError(f"{path}: column TIMESTAMP must hold whole epoch seconds")
+    for column in ("USER_ID", "ITEM_ID", "EVENT_TYPE"):
+        if "" in events[column].cat.categories:
+            row = int(np.flatnonzero(events[column].to_numpy() == "")[0]) + 2
+            raise StageError(f"{path}: line {row}: blank {column}; expected an id")
     return events
 
 

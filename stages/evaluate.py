@@ -32,8 +32,8 @@ from stages.common import (
     StageError,
     aligned,
     load_csr,
+    load_factors,
     load_ids,
-    load_npz,
     read_id_table,
     run_stage,
     worker_threads,
@@ -217,25 +217,6 @@ def benchmark_evaluate(
 # --------------------------------------------------------------------------- stage
 
 
-def load_factors(train_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    arrays = load_npz(MODEL)
-    for name in ("user_factors", "item_factors"):
-        if name not in arrays:
-            raise StageError(f"{MODEL}: missing array {name}; re-run the train stage")
-    users, items = arrays["user_factors"], arrays["item_factors"]
-    if (
-        users.ndim != 2
-        or items.ndim != 2
-        or users.shape[1] != items.shape[1]
-        or (users.shape[0], items.shape[0]) != train_shape
-    ):
-        raise StageError(
-            f"{MODEL}: factors {users.shape} / {items.shape} do not fit {TRAIN} "
-            f"{train_shape}; re-run the train stage"
-        )
-    return users, items
-
-
 def main() -> None:
     params = Params.load("evaluate")
     k = params.int("k", min=1, max=1000)
@@ -257,7 +238,7 @@ def main() -> None:
         raise StageError(f"{USER_IDS} / {ITEM_IDS} do not match {TRAIN} {train.shape}")
     categories = load_item_categories(ITEMS, item_ids)
     users_frame = read_id_table(USERS, "USER_ID", ["PERSONA", "SEGMENT"])
-    user_factors, item_factors = load_factors(train.shape)
+    user_factors, item_factors = load_factors(MODEL, *train.shape)
 
     model = model_from_factors(user_factors, item_factors, worker_threads())
     scored = score_model_and_baseline(model, train, test, k)

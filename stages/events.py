@@ -230,10 +230,22 @@ def _raise_non_integer(path: Path, name: str, values: pa.ChunkedArray) -> None:
     bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
     if bad.size:
         row = int(bad[0])
-        raise StageError(
-            f"{path}: line {row + 2}: {name.strip().upper()} = {values[row].as_py()!r}; "
-            "expected a whole number of epoch seconds or milliseconds"
-        )
+        raise _bad_integer(path, row, name, values[row].as_py())
+
+
+def _bad_integer(path: Path, row: int, name: str, raw: str) -> StageError:
+    what = "is empty" if not raw.strip() else f"= {raw!r}"
+    return StageError(
+        f"{path}: line {row + 2}: {name.strip().upper()} {what}; expected an integer "
+        "(whole epoch seconds or milliseconds)"
+    )
+
+
+def _raise_null_timestamp(path: Path, header: list[str], name: str, values: pa.Array) -> None:
+    """Name the first TIMESTAMP that CSV parsing read as null ("", NA, null, NaN, ...)."""
+    row = _first_row(values.is_null().to_numpy(zero_copy_only=False))
+    raw = _read_table(path, {name: pa.string()}, header).column(0)[row].as_py()
+    raise _bad_integer(path, row, name, raw)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -329,7 +341,10 @@ def read_interactions(path: Path, unit: str = "auto", log: Log = print) -> pa.Ta
     columns = {c: _dictionary(table, names[c]) for c in ("ITEM_ID", "USER_ID", "EVENT_TYPE")}
     for name, values in columns.items():
         _check_ids(path, name, values)
-    ts = table.column(names["TIMESTAMP"]).chunk(0).to_numpy()
+    ts_column = table.column(names["TIMESTAMP"]).chunk(0)
+    if ts_column.null_count:
+        _raise_null_timestamp(path, header, names["TIMESTAMP"], ts_column)
+    ts = ts_column.to_numpy()
     seconds = to_seconds(path, ts, unit, log)
     n = table.num_rows
     if "DISCOUNT" in names:

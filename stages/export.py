@@ -10,7 +10,7 @@ such a reader. No timestamps anywhere: the same inputs give a byte-identical bun
 from __future__ import annotations
 
 import hashlib
-import platform
+from dataclasses import asdict
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,8 @@ from stages.common import (
     atomic_dir,
     cpu_budget,
     load_csr,
+    load_factors,
     load_ids,
-    load_npz,
-    load_params,
     read_json,
     run_stage,
     worker_threads,
@@ -41,6 +40,7 @@ from stages.common import (
     write_npz,
 )
 from stages.fallback import build_fallback, load_item_categories
+from stages.train import read_params as read_als_params
 
 BUNDLE_FORMAT = 1
 
@@ -118,33 +118,7 @@ def md5sum(path: Path) -> str:
 
 def library_versions() -> dict[str, str]:
     names = ("implicit", "numpy", "scipy", "pandas")
-    return {"python": platform.python_version()} | {
-        name: importlib_metadata.version(name) for name in names
-    }
-
-
-def check_model(
-    model: dict[str, np.ndarray], n_users: int, n_items: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The factors must exist, be finite and match the training matrix."""
-    for key in ("user_factors", "item_factors"):
-        if key not in model:
-            raise StageError(f"{MODEL}: missing array '{key}'; re-run the train stage")
-    users, items = model["user_factors"], model["item_factors"]
-    expected = {"user_factors": n_users, "item_factors": n_items}
-    for key, arr in (("user_factors", users), ("item_factors", items)):
-        if arr.ndim != 2 or arr.shape[0] != expected[key]:
-            raise StageError(
-                f"{MODEL}: {key} has shape {arr.shape}; expected {expected[key]} rows to "
-                f"match {TRAIN} {(n_users, n_items)}; re-run dvc repro"
-            )
-        if not np.isfinite(arr).all():
-            raise StageError(f"{MODEL}: {key} contains NaN or infinite values")
-    if users.shape[1] != items.shape[1]:
-        raise StageError(
-            f"{MODEL}: user_factors has {users.shape[1]} factors, item_factors {items.shape[1]}"
-        )
-    return users.astype(np.float32, copy=False), items.astype(np.float32, copy=False)
+    return {name: importlib_metadata.version(name) for name in names}
 
 
 def build_bundle(
@@ -204,7 +178,7 @@ def main() -> None:
     top_n = params.int("top_n", min=1)
     fallback_size = params.int("fallback_size", min=1)
     params.check_unknown()
-    als_params = load_params("als")
+    als_params = asdict(read_als_params(Params.load("als")))  # validated as train does
 
     train = load_csr(TRAIN)
     user_ids = load_ids(USER_IDS, "USER_ID")
@@ -214,14 +188,9 @@ def main() -> None:
             f"{TRAIN} has shape {train.shape} but {USER_IDS}/{ITEM_IDS} list "
             f"{user_ids.size} users x {item_ids.size} items; re-run dvc repro"
         )
-    user_factors, item_factors = check_model(load_npz(MODEL), *train.shape)
+    user_factors, item_factors = load_factors(MODEL, *train.shape)
     categories = load_item_categories(ITEMS, item_ids)
-    try:
-        metrics = read_json(METRICS_JSON)
-    except FileNotFoundError:
-        raise StageError(f"{METRICS_JSON}: not found; run the evaluate stage first") from None
-    except ValueError as exc:
-        raise StageError(f"{METRICS_JSON}: not valid JSON ({exc})") from None
+    metrics = read_json(METRICS_JSON)
 
     extra = {
         "params": {"als": als_params, "export": {"top_n": top_n, "fallback_size": fallback_size}},
@@ -230,8 +199,7 @@ def main() -> None:
         "created_by": library_versions(),
     }
     # als.threads > 0 pins the thread count as in training; the output never depends on it.
-    threads = als_params.get("threads")
-    threads = worker_threads(threads if isinstance(threads, int) and threads > 0 else 0)
+    threads = worker_threads(als_params["threads"])
     with atomic_dir(BUNDLE) as out:
         meta = build_bundle(
             out,

@@ -24,25 +24,16 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from stages.ranking import popularity_ranking
+
 
 def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
     """1 where a (user, item) pair has a non-zero entry, so counts mean distinct users."""
     m = sp.csr_matrix(matrix, copy=True)
+    m.sum_duplicates()
     m.data = (m.data != 0).astype(np.float32)
     m.eliminate_zeros()
     return m
-
-
-def item_users(train: sp.spmatrix) -> np.ndarray:
-    """Distinct users per item (int64, one per column)."""
-    return np.asarray(_binary(train).getnnz(axis=0), dtype=np.int64)
-
-
-def most_popular(train: sp.spmatrix, size: int) -> np.ndarray:
-    """The naive baseline: items by distinct users, ties by item index (int32)."""
-    counts = item_users(train)
-    order = np.lexsort((np.arange(counts.size), -counts))
-    return order[: min(size, counts.size)].astype(np.int32)
 
 
 def build_fallback(train: sp.spmatrix, item_categories: np.ndarray | None, size: int) -> np.ndarray:
@@ -54,13 +45,13 @@ def build_fallback(train: sp.spmatrix, item_categories: np.ndarray | None, size:
     its share of users (a user counts once in every category touched). Within a category
     items rank by distinct users. Ties go to the lower item index, so the list is
     deterministic; everything is a few sorts, no loop over users or items. Without
-    categories this is `most_popular`. Items nobody used come last.
+    categories this is `popularity_ranking`. Items nobody used come last.
     """
     if size <= 0:
         raise ValueError(f"fallback size must be >= 1, got {size}")
     n_items = train.shape[1]
     if item_categories is None:
-        return most_popular(train, size)
+        return popularity_ranking(train)[:size]
     categories = np.asarray(item_categories)
     if categories.shape != (n_items,):
         raise ValueError(
@@ -80,11 +71,7 @@ def build_fallback(train: sp.spmatrix, item_categories: np.ndarray | None, size:
     user_cat.data[:] = 1.0
     cat_users = np.asarray(user_cat.getnnz(axis=0), dtype=np.float64)
 
-    # Audiences: categories linked when >= 1% of the smaller one's users used both.
-    co_users = (user_cat.T @ user_cat).toarray()
-    smaller = np.minimum.outer(cat_users, cat_users)
-    linked = sp.csr_matrix((co_users > 0) & (co_users >= _AUDIENCE_OVERLAP * smaller))
-    _, audience = connected_components(linked, directed=False)
+    _, audience = connected_components(_overlap_graph(user_cat, cat_users), directed=False)
     audience_users = np.asarray(
         (user_cat @ sp.csr_matrix((np.ones(n_cats), (np.arange(n_cats), audience)))).getnnz(axis=0),
         dtype=np.float64,
@@ -101,6 +88,23 @@ def build_fallback(train: sp.spmatrix, item_categories: np.ndarray | None, size:
 
 
 _AUDIENCE_OVERLAP = 0.01
+
+
+def _overlap_graph(user_cat: sp.csr_matrix, cat_users: np.ndarray) -> sp.csr_matrix:
+    """Categories linked when >= 1% of the smaller one's users used both.
+
+    Sparse throughout: only category pairs that share a user are ever stored, so tens of
+    thousands of categories cost their overlaps, not categories squared.
+    """
+    co = (user_cat.T @ user_cat).tocoo()
+    keep = (co.data > 0) & (
+        co.data >= _AUDIENCE_OVERLAP * np.minimum(cat_users[co.row], cat_users[co.col])
+    )
+    n_cats = cat_users.size
+    return sp.csr_matrix(
+        (np.ones(int(keep.sum()), dtype=np.int8), (co.row[keep], co.col[keep])),
+        shape=(n_cats, n_cats),
+    )
 
 
 def _share(users: np.ndarray) -> np.ndarray:
@@ -131,54 +135,3 @@ def load_item_categories(path: Path | str, item_ids: np.ndarray) -> np.ndarray |
     if "CATEGORY_L1" not in frame:
         return None
     return aligned(frame, "ITEM_ID", "CATEGORY_L1", item_ids)
-
-
-def cold_users(train: sp.spmatrix, test: sp.spmatrix) -> np.ndarray:
-    """Users (row indices, int64) with >= 1 held-out pair and <= 1 training item.
-
-    They are the closest offline stand-in for a newcomer: the fallback is scored on them.
-    """
-    if train.shape != test.shape:
-        raise ValueError(f"train {train.shape} and test {test.shape} shapes differ")
-    train_items = _binary(train).getnnz(axis=1)
-    test_items = _binary(test).getnnz(axis=1)
-    return np.flatnonzero((test_items >= 1) & (train_items <= 1))
-
-
-def score_fallback(
-    items: np.ndarray, test: sp.spmatrix, users: np.ndarray, k: int
-) -> dict[str, float]:
-    """Ranking metrics at `k` of one static list for `users`, on their held-out pairs.
-
-    Same definitions as the model's evaluation: AP divides by min(k, held-out items);
-    NDCG uses binary gains. Users without held-out pairs are skipped.
-    """
-    if k <= 0:
-        raise ValueError(f"k must be >= 1, got {k}")
-    top = np.asarray(items, dtype=np.int64)[:k]
-    held = _binary(test)[np.asarray(users, dtype=np.int64)]
-    n_held = held.getnnz(axis=1)
-    keep = n_held > 0
-    held, n_held = held[keep], n_held[keep]
-    if held.shape[0] == 0:
-        return {name: 0.0 for name in _METRICS} | {"users": 0}
-    rel = held[:, top].toarray() > 0  # (users, len(top)): at most k columns
-    hits = rel.sum(axis=1)
-    cum_hits = np.cumsum(rel, axis=1)
-    ranks = np.arange(1, top.size + 1)
-    ap = (rel * cum_hits / ranks).sum(axis=1) / np.minimum(k, n_held)
-    discounts = 1.0 / np.log2(ranks + 1)
-    dcg = (rel * discounts).sum(axis=1)
-    ideal_len = np.minimum(n_held, top.size)
-    idcg = np.cumsum(discounts)[np.maximum(ideal_len, 1) - 1]
-    return {
-        "map_at_k": float(ap.mean()),
-        "precision_at_k": float((hits / k).mean()),
-        "recall_at_k": float((hits / n_held).mean()),
-        "ndcg_at_k": float((dcg / idcg).mean()),
-        "hit_rate_at_k": float((hits > 0).mean()),
-        "users": int(held.shape[0]),
-    }
-
-
-_METRICS = ("map_at_k", "precision_at_k", "recall_at_k", "ndcg_at_k", "hit_rate_at_k")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import scipy.sparse as sp
 
 from stages.common import (
@@ -25,12 +26,19 @@ from stages.common import (
     save_ids,
 )
 
+COLUMNS = ["USER_ID", "ITEM_ID", "CONFIDENCE", "LAST_TIMESTAMP"]
+
 
 def load_pairs(path: Path | str = CONFIDENCE) -> pd.DataFrame:
     try:
-        return pd.read_parquet(path)
+        return pd.read_parquet(path, columns=COLUMNS)
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run the confidence stage first (dvc repro)") from None
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        raise StageError(
+            f"{path}: not a readable Parquet file with columns {', '.join(COLUMNS)}; "
+            "re-run the confidence stage"
+        ) from None
 
 
 def build(pairs: pd.DataFrame) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray, np.ndarray]:

@@ -5,10 +5,12 @@ Every function takes top-K recommendations as an int array (users x K, best firs
 `searchsorted` on (row, item) keys, then every metric for every k = 1..K follows from
 cumulative sums over the K columns, so the cost is O(users x K) with no per-user Python.
 
-Definitions (the ones `implicit.evaluation`, Spark and Microsoft's recommenders use):
-AP@k divides by min(k, |held-out|) and a user with no hit scores 0; precision@k = hits/k;
-recall@k = hits/|held-out|; NDCG@k has binary gains and an ideal DCG over
-min(k, |held-out|) positions; hit rate@k = share of users with at least one hit.
+Definitions: AP@k divides by min(k, |held-out|) and a user with no hit scores 0; NDCG@k has
+binary gains and an ideal DCG over min(k, |held-out|) positions (both as in
+`implicit.evaluation.ranking_metrics_at_k`); precision@k = hits/k, the standard definition
+(Spark, Microsoft's recommenders), which is NOT implicit's "precision": that one divides by
+min(k, |held-out|), so it reads higher for users with fewer than k held-out items;
+recall@k = hits/|held-out|; hit rate@k = share of users with at least one hit.
 """
 
 from __future__ import annotations
@@ -29,16 +31,29 @@ def _row_keys(matrix: sp.csr_matrix, width: int) -> np.ndarray:
 
 
 def hits_matrix(recs: np.ndarray, test_rows: sp.csr_matrix) -> np.ndarray:
-    """Boolean users x K: True where recs[u, r] is one of user u's held-out items."""
+    """Boolean users x K: True where recs[u, r] is one of user u's held-out items.
+
+    Ids outside 0..items-1 are empty slots like -1 (never a hit: unchecked, an id >= items
+    would land in the next user's key range). A repeated id within a row raises ValueError,
+    since it would count one held-out item twice.
+    """
     recs = np.asarray(recs)
     n_users, n_items = test_rows.shape
     if recs.ndim != 2 or recs.shape[0] != n_users:
         raise ValueError(f"recs must be ({n_users}, K); got {recs.shape}")
+    valid = (recs >= 0) & (recs < n_items)
+    items = np.where(valid, recs, -1).astype(np.int64)
+    ordered = np.sort(items, axis=1)
+    repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    if repeated.any():
+        user, slot = np.argwhere(repeated)[0]
+        raise ValueError(
+            f"recs row {user} lists item {ordered[user, slot + 1]} twice; expected distinct ids"
+        )
     keys = _row_keys(test_rows, n_items)
     if keys.size == 0 or recs.size == 0:
         return np.zeros(recs.shape, dtype=bool)
-    valid = recs >= 0
-    query = np.arange(n_users, dtype=np.int64)[:, None] * n_items + recs.astype(np.int64)
+    query = np.arange(n_users, dtype=np.int64)[:, None] * n_items + items
     pos = np.searchsorted(keys, query)
     pos[pos == keys.size] = 0
     return valid & (keys[pos] == query)
@@ -89,9 +104,17 @@ def evaluate_recs(recs: np.ndarray, test_rows: sp.csr_matrix) -> dict[str, np.nd
     return result
 
 
-def popularity_ranking(train: sp.csr_matrix) -> np.ndarray:
-    """All items, most distinct training users first (ties: lower item index first)."""
-    counts = np.bincount(train.indices, minlength=train.shape[1])
+def popularity_ranking(train: sp.spmatrix) -> np.ndarray:
+    """All items, most distinct training users first (ties: lower item index first).
+
+    The most-popular baseline, and the cold-start fallback when there are no categories.
+    Explicit zeros and repeated (user, item) entries do not add users.
+    """
+    train = sp.csr_matrix(train)
+    if not train.has_canonical_format:
+        train = train.copy()
+        train.sum_duplicates()
+    counts = np.bincount(train.indices[train.data != 0], minlength=train.shape[1])
     return np.argsort(-counts, kind="stable").astype(np.int32)
 
 

@@ -130,3 +130,34 @@ def test_ids_that_look_like_missing_values_are_kept(tmp_path) -> None:
         ("None", "NaN"),
     ]
     assert pairs["CONFIDENCE"].sum() == 1 + 1 + 5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ITEM_ID,USER_ID,EVENT_TYPE,TIMESTAMP\n", r"no events \(header only\)"),
+        ("ITEM_ID,USER_ID,EVENT_TYPE,TIMESTAMP\na,u1,View,1\na,,View,2\n", "line 3: blank USER_ID"),
+        ("ITEM_ID,USER_ID,TIMESTAMP\na,u1,1\n", "not a readable event log with columns"),
+        ("ITEM_ID,USER_ID,EVENT_TYPE,TIMESTAMP\na,u1,View,x\n", "TIMESTAMP must hold whole"),
+    ],
+)
+def test_malformed_event_logs_are_one_line_errors(tmp_path, text: str, message: str) -> None:
+    from stages.confidence import load_events
+
+    path = tmp_path / "interactions.csv"
+    path.write_text(text)
+    with pytest.raises(StageError, match=message):
+        load_events(str(path))
+
+
+def test_infinite_weight_is_rejected() -> None:
+    with pytest.raises(StageError, match="expected a finite number > 0"):
+        confidence_params(Params("confidence", {"weights": {"View": float("inf")}}))
+
+
+def test_broken_confidence_file_is_a_one_line_error(tmp_path) -> None:
+    from stages.matrix import load_pairs
+
+    (tmp_path / "c.parquet").write_bytes(b"PAR1 nonsense")
+    with pytest.raises(StageError, match="not a readable Parquet file"):
+        load_pairs(tmp_path / "c.parquet")

@@ -223,6 +223,8 @@ def test_metadata_files_fill_contract_columns(workdir: Path) -> None:
         ("events_header_only.csv", "header only, no data rows"),
         ("events_timestamp_text.csv", "line 3: TIMESTAMP = '2023-11-14'"),
         ("events_timestamp_negative.csv", "line 4: TIMESTAMP = -5; expected epoch"),
+        ("events_timestamp_empty.csv", "line 3: TIMESTAMP is empty; expected an integer"),
+        ("events_timestamp_na.csv", "line 4: TIMESTAMP = 'NA'; expected an integer"),
         ("events_blank_user.csv", "line 3: USER_ID = ''; expected a non-blank"),
         ("events_blank_item.csv", "line 4: ITEM_ID = '  '; expected a non-blank"),
         ("events_ragged.csv", "line 3: 3 fields; expected 4"),
@@ -248,6 +250,27 @@ def test_unreadable_bytes_rejected(workdir: Path) -> None:
     for bad in ("1700000000.5", "99999999999999999999"):
         Path("events/bad_ts.csv").write_bytes(header + f"u1,i1,click,{bad}\n".encode())
         assert f"line 2: TIMESTAMP = '{bad}'" in rejected("bad_ts.csv")
+
+
+def test_null_like_ids_are_ids(workdir: Path) -> None:
+    """NA, null, NaN are real ids in a log (a user called "NA"), never missing values."""
+    run_import("events_na_ids.csv")
+    rows = read_rows(Path("data/interactions.csv"))
+    assert [(r["USER_ID"], r["ITEM_ID"], r["EVENT_TYPE"]) for r in rows] == [
+        ("NA", "null", "NaN"),
+        ("null", "NA", "click"),
+        ("NaN", "N/A", "click"),
+    ]
+    assert sorted(r["USER_ID"] for r in read_rows(Path("data/users.csv"))) == ["NA", "NaN", "null"]
+    assert sorted(r["ITEM_ID"] for r in read_rows(Path("data/items.csv"))) == ["N/A", "NA", "null"]
+
+
+def test_null_like_timestamps_rejected_with_one_line(workdir: Path) -> None:
+    header = "USER_ID,ITEM_ID,EVENT_TYPE,TIMESTAMP\nu1,i1,click,1700000000\n"
+    for bad in ("null", "NaN", "N/A", "  "):
+        Path("events/null_ts.csv").write_text(header + f"u1,i2,click,{bad}\n")
+        what = "is empty" if not bad.strip() else f"= {bad!r}"
+        assert f"line 3: TIMESTAMP {what}; expected an integer" in rejected("null_ts.csv")
 
 
 def test_duplicate_catalogue_id_rejected(workdir: Path) -> None:
@@ -372,7 +395,7 @@ def test_cli_imports_and_rejects(workdir: Path) -> None:
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines() == [
         "error: events/events_timestamp_text.csv: line 3: TIMESTAMP = '2023-11-14'; "
-        "expected a whole number of epoch seconds or milliseconds"
+        "expected an integer (whole epoch seconds or milliseconds)"
     ]
     assert "Traceback" not in bad.stderr
     assert Path("data/interactions.csv").read_bytes() == good

@@ -132,7 +132,15 @@ def write_inputs(repo: Path, top_n: int = TOP_N) -> None:
               item_factors=model.item_factors)  # fmt: skip
     write_json(repo / "metrics/metrics.json", {"map_at_k": 0.25, "users": 12})
     params = {
-        "als": {"factors": 8, "iterations": 3, "threads": 1},
+        "als": {
+            "factors": 8,
+            "regularization": 0.05,
+            "alpha": 10.0,
+            "iterations": 3,
+            "use_cg": True,
+            "random_state": 0,
+            "threads": 1,
+        },
         "export": {"top_n": top_n, "fallback_size": 15},
     }
     (repo / "params.yaml").write_text(yaml.safe_dump(params))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +10,8 @@ import pytest
 import scipy.sparse as sp
 
 from stages.common import StageError
-from stages.fallback import (
-    build_fallback,
-    cold_users,
-    load_item_categories,
-    most_popular,
-    score_fallback,
-)
+from stages.fallback import _overlap_graph, build_fallback, load_item_categories
+from stages.ranking import evaluate_recs, popularity_ranking, top_k_excluding
 
 WEB_CATEGORIES = 10
 WEB_ITEMS_PER_CATEGORY = 30
@@ -58,7 +54,7 @@ def shop(seed: int = 0) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
 
 def test_store_items_do_not_dominate_but_get_their_share() -> None:
     train, categories, is_store = shop()
-    naive = most_popular(train, 20)
+    naive = popularity_ranking(train)[:20]
     # The construction reproduces the trap: the naive list opens with every store item.
     assert is_store[naive[:8]].all()
 
@@ -94,7 +90,7 @@ def test_ties_go_to_the_lower_item_index() -> None:
     train = sp.identity(6, dtype=np.float32, format="csr")
     categories = np.array(["b", "b", "b", "a", "a", "a"])
     assert build_fallback(train, categories, 6).tolist() == [0, 3, 1, 4, 2, 5]
-    assert most_popular(train, 3).tolist() == [0, 1, 2]
+    assert popularity_ranking(train)[:3].tolist() == [0, 1, 2]
 
 
 def test_unused_items_come_last_and_no_categories_means_popularity() -> None:
@@ -112,37 +108,81 @@ def test_bad_arguments_are_rejected() -> None:
         build_fallback(train, categories[:-1], 10)
 
 
-def test_cold_users_have_held_out_pairs_and_at_most_one_training_item() -> None:
+def test_cold_web_users_find_far_more_in_the_fallback_than_in_the_naive_list() -> None:
+    """Scored like evaluate scores it: cold users (<= 1 training item) on their held-out pairs,
+    training item skipped, per audience. Regressing to plain popularity fails this."""
+    warm, categories, is_store = shop(seed=0)
+    newcomers, _, _ = shop(seed=1)
+    # Each newcomer keeps their first item for training; the rest is held out.
+    first = np.zeros(newcomers.nnz, dtype=np.float32)
+    first[newcomers.indptr[:-1]] = 1.0
+    seen = newcomers.multiply(sp.csr_matrix((first, newcomers.indices, newcomers.indptr)))
+    held = (newcomers - seen).tocsr()
+    held.eliminate_zeros()
+    train = sp.vstack([warm, seen], format="csr")
+    test = sp.vstack([sp.csr_matrix(warm.shape, dtype=np.float32), held], format="csr")
+    cold = np.flatnonzero((np.diff(train.indptr) <= 1) & (np.diff(test.indptr) >= 1))
+    assert cold.min() >= warm.shape[0]  # exactly the newcomers with held-out pairs
+
+    k = 10
+    fallback = top_k_excluding(build_fallback(train, categories, 20), train[cold], k)
+    naive = top_k_excluding(popularity_ranking(train), train[cold], k)
+    store_user = is_store[train[cold].indices]  # every newcomer has exactly one training item
+    for audience in (~store_user, store_user):
+        rows = test[cold[audience]]
+        ours = evaluate_recs(fallback[audience], rows)
+        theirs = evaluate_recs(naive[audience], rows)
+        if audience is store_user:
+            # The store keeps its share of the list, so its users still find something.
+            assert 0 < ours["hit_rate_at_k"][-1] < theirs["hit_rate_at_k"][-1]
+        else:
+            assert ours["hit_rate_at_k"][-1] > 2 * theirs["hit_rate_at_k"][-1] > 0
+            assert ours["map_at_k"][-1] > 2 * theirs["map_at_k"][-1]
+
+
+def test_overlap_graph_matches_the_dense_definition() -> None:
+    rng = np.random.default_rng(7)
+    n_users, n_cats = 400, 60
+    # A few users spread wide, most stay in one small block of categories.
+    block = rng.integers(0, 6, n_users) * 10
+    cats = np.where(
+        rng.random((n_users, 4)) < 0.9,
+        block[:, None] + rng.integers(0, 10, (n_users, 4)),
+        rng.integers(0, n_cats, (n_users, 4)),
+    )
+    user_cat = sp.csr_matrix(
+        (np.ones(cats.size, dtype=np.float32), (np.repeat(np.arange(n_users), 4), cats.ravel())),
+        shape=(n_users, n_cats),
+    )
+    user_cat.sum_duplicates()
+    user_cat.data[:] = 1.0
+    cat_users = np.asarray(user_cat.getnnz(axis=0), dtype=np.float64)
+    co = (user_cat.T @ user_cat).toarray()
+    dense = (co > 0) & (co >= 0.01 * np.minimum.outer(cat_users, cat_users))
+    graph = _overlap_graph(user_cat, cat_users)
+    np.testing.assert_array_equal(graph.toarray() != 0, dense)
+    assert 0 < dense.sum() < n_cats * n_cats  # some pairs linked, some not
+
+
+def test_many_categories_stay_sparse() -> None:
+    """A catalogue with thousands of tiny categories must not cost categories squared."""
+    rng = np.random.default_rng(11)
+    n_users, n_items = 3_000, 6_000
+    rows = np.repeat(np.arange(n_users), 3)
+    cols = rng.integers(0, n_items, rows.size)
     train = sp.csr_matrix(
-        np.array(
-            [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]],
-            dtype=np.float32,
-        )
+        (np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n_users, n_items)
     )
-    test = sp.csr_matrix(
-        np.array(
-            [[0, 0, 1, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
-            dtype=np.float32,
-        )
-    )
-    assert cold_users(train, test).tolist() == [1, 2]
-    with pytest.raises(ValueError):
-        cold_users(train, test[:, :3])
-
-
-def test_score_fallback_on_a_hand_worked_case() -> None:
-    # User 0 holds out item 0 (rank 2 of the list), user 1 holds out items 2 and 3
-    # (item 2 at rank 1, item 3 absent).
-    test = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 0, 1, 1]], dtype=np.float32))
-    scores = score_fallback(np.array([2, 0, 1]), test, np.array([0, 1]), k=2)
-    assert scores["users"] == 2
-    assert scores["hit_rate_at_k"] == pytest.approx(1.0)
-    assert scores["precision_at_k"] == pytest.approx((1 / 2 + 1 / 2) / 2)
-    assert scores["recall_at_k"] == pytest.approx((1 + 1 / 2) / 2)
-    assert scores["map_at_k"] == pytest.approx((1 / 2 + 1 / 2) / 2)
-    ndcg_user0 = (1 / np.log2(3)) / 1.0
-    ndcg_user1 = 1.0 / (1 + 1 / np.log2(3))
-    assert scores["ndcg_at_k"] == pytest.approx((ndcg_user0 + ndcg_user1) / 2)
+    categories = np.array([f"c{i}" for i in range(n_items)])  # one category per item
+    tracemalloc.start()
+    try:
+        fallback = build_fallback(train, categories, 50)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.unique(fallback).size == 50
+    # A dense 6,000 x 6,000 co-occurrence matrix alone would be 144 MB.
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MiB"
 
 
 def test_item_categories_follow_the_item_columns(tmp_path: Path) -> None:

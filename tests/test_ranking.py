@@ -44,6 +44,25 @@ def test_hits_ignore_empty_slots_and_other_users_items() -> None:
     np.testing.assert_array_equal(hits_matrix(recs, TEST), expected)
 
 
+def test_out_of_range_ids_are_empty_slots_not_the_next_users_items() -> None:
+    # 10 + 4 = 14 would be (row 1, item 4) in a row-major key: user 0 must not get it.
+    # 12 is past the catalogue too; -3 is just another empty slot.
+    recs = np.array([[14, 12, 2], [-3, 4, 10], [16, 11, 1]])
+    expected = np.array([[0, 0, 1], [0, 1, 0], [0, 0, 1]], dtype=bool)
+    np.testing.assert_array_equal(hits_matrix(recs, TEST), expected)
+
+
+def test_repeated_ids_in_a_row_are_rejected() -> None:
+    # Counting item 2 twice would give user 0 precision@2 = 1 from one held-out item.
+    with pytest.raises(ValueError, match="row 0 lists item 2 twice"):
+        hits_matrix(np.array([[2, 2, 7], [1, 4, 3], [3, 5, 8]]), TEST)
+    with pytest.raises(ValueError, match="row 2 lists item 5 twice"):
+        hits_matrix(np.array([[2, 5, 7], [1, 4, 3], [5, 0, 5]]), TEST)
+    # Repeated padding (-1 or out of range) is fine: those slots are empty.
+    recs = np.array([[-1, -1, 2], [11, 11, 4], [-1, 20, 20]])
+    assert hits_matrix(recs, TEST).sum() == 2
+
+
 def test_map_at_k_by_hand() -> None:
     m = metrics_at_k(hits_matrix(RECS, TEST), np.diff(TEST.indptr))["map_at_k"]
     # k=1: u0 AP = (1/1)/min(1,2) = 1; u1 0; u2 0            -> 1/3
@@ -119,6 +138,17 @@ def test_popularity_counts_distinct_users_with_stable_ties() -> None:
     train = csr([[0, 2], [2, 3], [3], [1, 2]], n_items=5)
     # users per item: 0:1, 1:1, 2:3, 3:2, 4:0 -> 2, 3, then ties 0, 1 by index, then 4
     np.testing.assert_array_equal(popularity_ranking(train), [2, 3, 0, 1, 4])
+
+
+def test_popularity_ignores_explicit_zeros_and_repeated_entries() -> None:
+    # Item 4 has two stored zeros, item 1 one user entered twice (non-canonical CSR):
+    # distinct users are 0:1, 1:1, 2:3, 3:2, 4:0, as above.
+    indptr = np.array([0, 3, 6, 7, 10])
+    indices = np.array([0, 2, 4, 2, 3, 4, 3, 1, 2, 1])
+    data = np.array([1, 1, 0, 1, 1, 0, 1, 1, 1, 1], dtype=np.float32)
+    train = sp.csr_matrix((data, indices, indptr), shape=(4, 5))
+    np.testing.assert_array_equal(popularity_ranking(train), [2, 3, 0, 1, 4])
+    np.testing.assert_array_equal(popularity_ranking(train.tocoo()), [2, 3, 0, 1, 4])
 
 
 def test_top_k_excluding_skips_each_users_training_items() -> None:

@@ -290,6 +290,13 @@ def test_s3_dev_script_starts_points_the_remote_and_stops(
         assert again.returncode == 0 and f"already running (pid {state['pid']})" in again.stdout
         other = s3dev("start", "--port", str(s3_dev.free_port()))
         assert other.returncode == 2 and "already running on port" in other.stderr
+        # A second remote would outlive the server `stop` shuts down: refused, nothing set.
+        dvc(repo, "remote", "add", "backup", f"s3://{bucket}/backup", env=env)
+        second = s3dev("start", "--remote", "backup")
+        assert second.returncode == 2, second.stderr
+        assert "remote 'storage'" in second.stderr and second.stderr.count("\n") == 1
+        assert "backup" not in (repo / ".dvc" / "config.local").read_text()
+        assert s3_dev.read_state(repo)["remote"] == "storage"
 
         (repo / "sample.txt").write_text("pushed through s3-dev\n")
         dvc(repo, "add", "-q", "sample.txt", env=env)

@@ -93,36 +93,93 @@ def test_actionlint_rejects_a_broken_workflow(tmp_path: Path) -> None:
     assert "fetch-dept" in proc.stdout
 
 
+SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def runs(step: dict[str, Any], command: str) -> bool:
+    """True when the step's script runs command (messages it echoes do not count)."""
+    lines = step.get("run", "").splitlines()
+    return any(command in ln for ln in lines if not ln.strip().startswith("echo"))
+
+
+def job_running(workflow: dict[str, Any], command: str) -> dict[str, Any]:
+    """The job with a step that runs command, whichever name it has."""
+    found = [
+        job for job in workflow["jobs"].values() if any(runs(s, command) for s in job["steps"])
+    ]
+    assert found, f"no job runs {command!r}"
+    return found[0]
+
+
+def order(job: dict[str, Any], *commands: str) -> list[int]:
+    """Index of the first step running each command, in the job's step list."""
+    found = [[i for i, s in enumerate(job["steps"]) if runs(s, c)] for c in commands]
+    assert all(found), f"a step is missing: {dict(zip(commands, found, strict=True))}"
+    return [indices[0] for indices in found]
+
+
+def assert_secrets_only_in(workflow: dict[str, Any], commands: tuple[str, ...]) -> None:
+    """AWS keys reach only the steps running commands, each gated on the non-secret flag."""
+    for name, job in workflow["jobs"].items():
+        assert not set(SECRET_KEYS) & set(job.get("env", {})), f"job {name} exposes AWS keys"
+        for step in job["steps"]:
+            run = step.get("run", "")
+            exposed = set(SECRET_KEYS) & set(step.get("env", {}))
+            if any(runs(step, command) for command in commands):
+                assert exposed == set(SECRET_KEYS), f"{run!r} lacks the AWS key pair"
+                assert step.get("if") == "env.HAS_AWS == 'true'", run
+                assert "secrets.AWS_ACCESS_KEY_ID" in job["env"]["HAS_AWS"]
+            else:
+                assert not exposed, f"step {step.get('name', run)!r} gets AWS keys"
+    assert "secrets." not in yaml.safe_dump(workflow.get("env", {}))
+
+
 def test_pr_workflow_reproduces_checks_and_comments() -> None:
     pr = load("pr.yml")
     assert "pull_request" in pr["on"]
-    assert pr["permissions"] == {"contents": "read", "pull-requests": "write"}
+    assert pr["permissions"] == {"contents": "read"}
     assert pr["concurrency"]["cancel-in-progress"] is True
     step_running(pr, "make test")
-    # The job that reproduces and reports, whichever name it has.
-    job = next(
-        j for j in pr["jobs"].values() if any("dvc repro" in s.get("run", "") for s in j["steps"])
-    )
+    job = job_running(pr, "dvc repro")
+    # Tests first, then the pipeline is reproduced (as the README says).
+    assert job.get("needs") in ("test", ["test"])
+    assert job_running(pr, "make test") is pr["jobs"]["test"]
+    # Only the reporting job may write to the pull request.
+    assert job.get("permissions") == {"contents": "read", "pull-requests": "write"}
+    others = [j for j in pr["jobs"].values() if j is not job]
+    assert all("pull-requests" not in j.get("permissions", {}) for j in others)
     report = {"jobs": {"report": job}}
     assert step_using(report, "actions/checkout")["with"]["fetch-depth"] == 0
     python = step_using(report, "actions/setup-python")["with"]
     assert (python["python-version"], python["cache"]) == ("3.11", "pip")
     assert python["cache-dependency-path"] == "requirements.txt"
     step_using(report, "iterative/setup-cml")
-    assert "AWS_ACCESS_KEY_ID" in step_running(report, "dvc pull")["if"]
-    ordered = [s.get("run", "") for s in job["steps"]]
-    repro = next(i for i, run in enumerate(ordered) if "dvc repro" in run)
-    built = next(i for i, run in enumerate(ordered) if "scripts/pr_report.py --base" in run)
-    comment = next(i for i, run in enumerate(ordered) if "cml comment update" in run)
-    check = next(i for i, run in enumerate(ordered) if "git diff --exit-code" in run)
+    assert_secrets_only_in(pr, ("dvc pull",))
+    pull, repro, built, comment, check = order(
+        job,
+        "dvc pull",
+        "dvc repro",
+        "scripts/pr_report.py --base",
+        "cml comment update",
+        "git diff --exit-code HEAD -- dvc.lock metrics/",
+    )
     # The comment goes up even when the committed results turn out stale.
-    assert repro < built < comment < check
+    assert pull < repro < built < comment < check
 
 
-def test_main_workflow_pushes_only_with_credentials() -> None:
+def test_main_workflow_checks_then_pushes_only_with_credentials() -> None:
     main = load("main.yml")
     assert main["on"]["push"]["branches"] == ["main"]
     assert main["permissions"] == {"contents": "read"}
+    assert main["concurrency"]["cancel-in-progress"] is False
     step_running(main, "make test")
-    step_running(main, "dvc repro")
-    assert "AWS_ACCESS_KEY_ID" in step_running(main, "dvc push")["if"]
+    job = job_running(main, "dvc repro")
+    assert job.get("needs") in ("test", ["test"])
+    assert_secrets_only_in(main, ("dvc pull", "dvc push"))
+    pull, repro, check, push = order(
+        job, "dvc pull", "dvc repro", "git diff --exit-code HEAD -- dvc.lock metrics/", "dvc push"
+    )
+    # Stale committed results stop the run before anything reaches the remote.
+    assert pull < repro < check < push
+    assert "untracked-files=all -- dvc.lock metrics/" in job["steps"][check]["run"]
+    assert "exit 1" in job["steps"][check]["run"]

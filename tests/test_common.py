@@ -1,0 +1,115 @@
+"""The shared helpers every stage relies on: one-line errors and all-or-nothing outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.common import (
+    StageError,
+    atomic_dir,
+    load_csr,
+    load_factors,
+    load_npz,
+    read_id_table,
+    run_stage,
+    write_npz,
+    write_text,
+)
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path) -> Path:
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(cwd)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_a_failing_stage_replaces_none_of_its_outputs(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_text("a.txt", "old a\n")
+    write_text("b.txt", "old b\n")
+
+    def stage() -> None:
+        write_text("a.txt", "new a\n")
+        with atomic_dir("bundle") as tmp:
+            (tmp / "x").write_text("x")
+        raise StageError("b.txt: something the user must fix")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(stage)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: b.txt: something the user must fix\n"
+    assert Path("a.txt").read_text() == "old a\n" and Path("b.txt").read_text() == "old b\n"
+    assert not Path("bundle").exists()
+    assert leftovers(in_tmp) == []  # no temp files left behind
+
+
+def test_a_succeeding_stage_replaces_all_of_its_outputs(in_tmp: Path) -> None:
+    write_text("a.txt", "old a\n")
+
+    def stage() -> None:
+        write_text("a.txt", "new a\n")
+        assert Path("a.txt").read_text() == "old a\n"  # held back until the stage ends
+        with atomic_dir("bundle") as tmp:
+            (tmp / "x").write_text("x")
+
+    run_stage(stage)
+    assert Path("a.txt").read_text() == "new a\n"
+    assert (in_tmp / "bundle" / "x").read_text() == "x"
+    assert leftovers(in_tmp) == []
+
+
+def test_os_errors_are_one_line(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Path("metrics").write_text("a file where a folder should be")
+
+    def stage() -> None:
+        write_text("metrics/metrics.json", "{}")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(stage)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "metrics" in err
+
+
+def test_unreadable_npz_files_are_stage_errors_without_pickle_advice(in_tmp: Path) -> None:
+    np.save("single.npy", np.arange(3))
+    os.replace("single.npy", "single.npz")
+    Path("garbage.npz").write_bytes(b"not a zip at all")
+    for name in ("single.npz", "garbage.npz"):
+        for loader in (load_npz, load_csr):
+            with pytest.raises(StageError) as info:
+                loader(name)
+            assert name in str(info.value) and "pickle" not in str(info.value)
+
+
+def test_model_factors_must_be_finite_and_fit_the_matrix(in_tmp: Path) -> None:
+    users = np.ones((4, 2), np.float32)
+    items = np.ones((3, 2), np.float32)
+    write_npz("ok.npz", user_factors=users, item_factors=items)
+    assert load_factors("ok.npz", 4, 3)[0].shape == (4, 2)
+    with pytest.raises(StageError, match="expected 5 rows"):
+        load_factors("ok.npz", 5, 3)
+    items[1, 1] = np.nan
+    write_npz("nan.npz", user_factors=users, item_factors=items)
+    with pytest.raises(StageError, match="item_factors must hold finite floats"):
+        load_factors("nan.npz", 4, 3)
+
+
+def test_metadata_table_errors_name_the_file(in_tmp: Path) -> None:
+    Path("users.csv").write_bytes(b"USER_ID,PERSONA\n1,\xff\xfe\n")
+    with pytest.raises(StageError, match="users.csv: not a readable CSV"):
+        read_id_table("users.csv", "USER_ID", ["PERSONA"])
+    Path("items.csv").write_text("ID,CATEGORY_L1\n1,a\n")
+    with pytest.raises(StageError, match="items.csv: missing column ITEM_ID"):
+        read_id_table("items.csv", "ITEM_ID", ["CATEGORY_L1"])
