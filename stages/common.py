@@ -44,6 +44,7 @@ TRAIN_LOSS = Path("metrics/train_loss.csv")
 METRICS_JSON = Path("metrics/metrics.json")
 RANKING_AT_K = Path("metrics/ranking_at_k.csv")
 BUNDLE = Path("models/bundle")
+BUNDLE_FORMAT = 1  # bumped when the bundle's layout changes, so old readers refuse new bundles
 EXIT_USER_ERROR = 2
 # Fixed zip timestamp: numpy/scipy stamp the wall clock into .npz members, which breaks
 # byte-identical outputs (and so DVC's hashes) between two runs of the same params.
@@ -318,6 +319,31 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
 def write_text(path: Path | str, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_csv(table: Any, path: Path | str) -> None:
+    """A pyarrow Table as plain CSV, quoting only if some value needs it (commas, quotes).
+
+    Dictionary (categorical) columns are scanned through their dictionaries, so ids are
+    never materialised per row; the same table always gives the same bytes.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    needs_quotes = False
+    for column in table.columns:
+        values = column.combine_chunks()
+        if pa.types.is_dictionary(values.type):
+            values = values.dictionary
+        if pa.types.is_string(values.type) and len(values):
+            needs_quotes |= pc.any(pc.match_substring_regex(values, r'[,"\r\n]')).as_py()
+    style = "needed" if needs_quotes else "none"
+    pacsv.write_csv(
+        table,
+        str(path),
+        write_options=pacsv.WriteOptions(quoting_style=style, quoting_header="none"),
+    )
 
 
 def write_json(path: Path | str, obj: Any) -> None:

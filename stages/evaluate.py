@@ -45,74 +45,23 @@ from stages.ranking import (
     METRICS,
     category_share,
     evaluate_recs,
-    hits_matrix,
+    model_from_factors,
     popularity_ranking,
     top_k_excluding,
+    top_k_unseen,
 )
 
 DIGITS = 6
-RECOMMEND_BATCH = 20_000
 
 
 # --------------------------------------------------------------------------- pure parts
 
 
-def model_from_factors(
-    user_factors: np.ndarray, item_factors: np.ndarray, threads: int
-) -> AlternatingLeastSquares:
-    """An implicit ALS model around saved factors, so scoring uses implicit's own top-k.
-
-    Built under a one-thread BLAS limit: implicit warns at construction otherwise.
-    """
-    with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(
-            factors=item_factors.shape[1], dtype=np.float32, num_threads=threads
-        )
-    model.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
-    model.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
-    return model
-
-
 def recommend_top_k(
     model: AlternatingLeastSquares, train: sp.csr_matrix, users: np.ndarray, k: int
 ) -> np.ndarray:
-    """Top-k item indices (users x k, int32) excluding each user's training items.
-
-    Same lists as `model.recommend(..., filter_already_liked_items=True)`, which is what
-    `implicit.evaluation` scores, but that filter slices the CSR once per user in Python
-    (most of its run time). Instead each user gets the top k + (its training items,
-    rounded up to a power of two) unfiltered from implicit's C top-k, and the training
-    items are dropped in one vectorised pass. Users are grouped by that padding, so the
-    loop runs over a handful of groups and batches, never over users. Slots left when
-    fewer than k unseen items exist are -1 (neither hits nor coverage).
-    """
-    n_items = train.shape[1]
-    lengths = np.diff(train.indptr)[users]
-    pad = np.zeros(users.size, dtype=np.int64)
-    seen = lengths > 0
-    pad[seen] = 2 ** np.ceil(np.log2(lengths[seen])).astype(np.int64)
-    out = np.empty((users.size, k), dtype=np.int32)
-    with threadpool_limits(1, "blas"):
-        for extra in np.unique(pad).tolist():
-            group = np.flatnonzero(pad == extra)
-            n = min(k + extra, n_items)
-            for start in range(0, group.size, RECOMMEND_BATCH):
-                rows = group[start : start + RECOMMEND_BATCH]
-                batch = users[rows]
-                ids, _ = model.recommend(batch, train[batch], N=n, filter_already_liked_items=False)
-                out[rows] = _drop_seen(ids, train[batch], k)
-    return out
-
-
-def _drop_seen(ids: np.ndarray, seen: sp.csr_matrix, k: int) -> np.ndarray:
-    """First k entries of each row of `ids` that are not in that row of `seen` (else -1)."""
-    masked = hits_matrix(ids, seen)
-    order = np.argsort(masked, axis=1, kind="stable")[:, :k]
-    out = np.take_along_axis(ids, order, axis=1).astype(np.int32)
-    out[np.take_along_axis(masked, order, axis=1)] = -1
-    if out.shape[1] < k:
-        out = np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values=-1)
-    return out
+    """Top-k item indices (users x k, int32, -1 = empty) excluding training items."""
+    return top_k_unseen(model, train, users, k)[0]
 
 
 def evaluated_users(test: sp.csr_matrix) -> np.ndarray:

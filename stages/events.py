@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from stages.common import INTERACTIONS, ITEMS, USERS, Params, StageError, atomic_path
+from stages.common import INTERACTIONS, ITEMS, USERS, Params, StageError, atomic_path, write_csv
 
 Log = Callable[[str], None]
 
@@ -476,23 +476,6 @@ def _empty(n: int) -> pa.DictionaryArray:
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def write_csv(table: pa.Table, path: Path) -> None:
-    """Plain CSV, quoting only if some value needs it (ids with commas or quotes)."""
-    needs_quotes = False
-    for column in table.columns:
-        values = column.combine_chunks()
-        if pa.types.is_dictionary(values.type):
-            values = values.dictionary
-        if pa.types.is_string(values.type) and len(values):
-            needs_quotes |= pc.any(pc.match_substring_regex(values, r'[,"\r\n]')).as_py()
-    style = "needed" if needs_quotes else "none"
-    pacsv.write_csv(
-        table,
-        str(path),
-        write_options=pacsv.WriteOptions(quoting_style=style, quoting_header="none"),
-    )
 
 
 def import_events(cfg: ImportConfig, log: Log = print) -> None:

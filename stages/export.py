@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from stages.common import (
     BUNDLE,
+    BUNDLE_FORMAT,
     ITEM_IDS,
     ITEMS,
     METRICS_JSON,
@@ -40,9 +41,8 @@ from stages.common import (
     write_npz,
 )
 from stages.fallback import build_fallback, load_item_categories
+from stages.ranking import model_from_factors, top_k_unseen
 from stages.train import read_params as read_als_params
-
-BUNDLE_FORMAT = 1
 
 
 def precompute_recommendations(
@@ -52,60 +52,15 @@ def precompute_recommendations(
     top_n: int,
     threads: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-`top_n` unseen items per user with implicit's batched `recommend`.
+    """Top-`top_n` unseen items and their scores for every user (the offline-serving table).
 
-    Returns int32 item indices and float32 scores, shape (users, top_n); slots a user
-    cannot fill (catalogue smaller than top_n plus their training items) hold -1 / NaN.
-
-    implicit's own filter slices the sparse matrix once per tiny batch (about 3x slower
-    at 95k users), so instead users are grouped by training-item count up to a power of
-    two, each group asks for `top_n + that bound` unfiltered candidates, and seen items
-    are dropped here, vectorised. A dozen groups at most; the result is identical.
+    int32 item indices and float32 scores, users x top_n; -1 / NaN where a user has fewer
+    unseen items than top_n.
     """
-    from implicit.cpu.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
-
+    model = model_from_factors(user_factors, item_factors, threads or cpu_budget())
     train = sp.csr_matrix(train)
     train.sort_indices()
-    n_users, n_items = train.shape
-    seen_count = np.diff(train.indptr)
-    group = np.ceil(np.log2(np.maximum(seen_count, 1))).astype(np.int64)
-    ids = np.full((n_users, top_n), -1, dtype=np.int32)
-    scores = np.full((n_users, top_n), np.nan, dtype=np.float32)
-    # implicit's topk runs its own threads; BLAS threads on top would oversubscribe.
-    with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(
-            factors=user_factors.shape[1], num_threads=threads or cpu_budget()
-        )
-        model.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
-        model.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
-        for g in np.unique(group):
-            rows = np.flatnonzero(group == g)
-            n = min(n_items, top_n + 2 ** int(g))
-            cand, cand_scores = model.recommend(rows, None, N=n, filter_already_liked_items=False)
-            cand = np.asarray(cand, dtype=np.int32).reshape(rows.size, n)
-            cand_scores = np.asarray(cand_scores, dtype=np.float32).reshape(rows.size, n)
-            seen = _is_seen(train, rows, cand)
-            keep = np.argsort(seen, axis=1, kind="stable")[:, :top_n]
-            width = keep.shape[1]
-            valid = ~np.take_along_axis(seen, keep, axis=1)
-            ids[rows, :width] = np.where(valid, np.take_along_axis(cand, keep, axis=1), -1)
-            scores[rows, :width] = np.where(
-                valid, np.take_along_axis(cand_scores, keep, axis=1), np.nan
-            )
-    return ids, scores
-
-
-def _is_seen(train: sp.csr_matrix, rows: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """cand[i, j] is a training item of user rows[i]? (sorted-key lookup, no dense matrix)."""
-    n_items = train.shape[1]
-    train_rows = np.repeat(np.arange(train.shape[0], dtype=np.int64), np.diff(train.indptr))
-    train_keys = train_rows * n_items + train.indices  # sorted: CSR with sorted indices
-    keys = rows.astype(np.int64)[:, None] * n_items + cand
-    if train_keys.size == 0:
-        return np.zeros(cand.shape, dtype=bool)
-    pos = np.minimum(np.searchsorted(train_keys, keys), train_keys.size - 1)
-    return train_keys[pos] == keys
+    return top_k_unseen(model, train, np.arange(train.shape[0]), top_n)
 
 
 def md5sum(path: Path) -> str:

@@ -20,9 +20,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from stages.common import BUNDLE, StageError, load_npz, read_json, run_stage
+from stages.common import BUNDLE, BUNDLE_FORMAT, StageError, load_npz, read_json, run_stage
 
-BUNDLE_FORMAT = 1
 PERSONALISED = "personalised"
 FALLBACK = "fallback"
 

@@ -16,12 +16,11 @@ from implicit.evaluation import ranking_metrics_at_k
 from stages.common import save_csr, save_ids, write_npz
 from stages.evaluate import (
     benchmark_evaluate,
-    model_from_factors,
     persona_codes,
     recommend_top_k,
     score_model_and_baseline,
 )
-from stages.ranking import METRICS, hits_matrix, popularity_ranking
+from stages.ranking import METRICS, hits_matrix, model_from_factors, popularity_ranking
 from stages.train import AlsParams, fit_als
 from tests.conftest import run_module
 
