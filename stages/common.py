@@ -88,20 +88,37 @@ def run_stage(main: Callable[[], None]) -> None:
 # --------------------------------------------------------------------------- params
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML keeps the last one silently, so a
+    second `als:` section would quietly replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_params(section: str, path: Path | str = PARAMS_FILE) -> dict[str, Any]:
     """Return one top-level section of params.yaml as a dict (errors name the file)."""
     path = Path(path)
     try:
         with path.open(encoding="utf-8") as fh:
-            params = yaml.safe_load(fh)
+            params = yaml.load(fh, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run from the repository root") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise StageError(f"{path}: cannot read ({exc})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise StageError(f"{path}:{where} is not valid YAML") from None
+        where = f" line {mark.line + 1}:" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise StageError(f"{path}:{where} not valid YAML ({problem})") from None
     if not isinstance(params, dict) or not isinstance(params.get(section), dict):
         raise StageError(f"{path}: missing section '{section}:' (a mapping of params)")
     return params[section]

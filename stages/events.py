@@ -69,16 +69,10 @@ class ImportConfig:
 # --------------------------------------------------------------------------- params
 
 
-def read_params(params: Params, *, required: bool = True) -> ImportConfig | None:
-    """Read and check the `files` keys of the `generate` section.
-
-    With `required=False` (the synthetic source) the keys are only type-checked and marked
-    as known, so `check_unknown()` accepts a params.yaml that keeps them filled in.
-    """
+def read_params(params: Params) -> ImportConfig:
+    """Read and check the `files` keys of the `generate` section (source: files)."""
     unit = params.choice("timestamp_unit", TIMESTAMP_UNITS, "auto")
     paths = {key: _optional_path(params, key) for key in _KEYS[:3]}
-    if not required:
-        return None
     if paths["interactions_file"] is None:
         raise StageError(
             "params.yaml: generate.interactions_file is empty; expected the path of your "

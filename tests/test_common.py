@@ -113,3 +113,11 @@ def test_metadata_table_errors_name_the_file(in_tmp: Path) -> None:
     Path("items.csv").write_text("ID,CATEGORY_L1\n1,a\n")
     with pytest.raises(StageError, match="items.csv: missing column ITEM_ID"):
         read_id_table("items.csv", "ITEM_ID", ["CATEGORY_L1"])
+
+
+def test_params_with_a_duplicate_section_are_refused(in_tmp: Path) -> None:
+    from stages.common import load_params
+
+    Path("params.yaml").write_text("als:\n  factors: 8\nals:\n  factors: 9\n")
+    with pytest.raises(StageError, match=r"params.yaml: line 3: not valid YAML \(duplicate key"):
+        load_params("als")

@@ -349,10 +349,6 @@ def test_params_validation() -> None:
     for values, expected in bad:
         with pytest.raises(StageError, match=expected):
             read_params(Params("generate", values))
-    # synthetic source: keys are accepted (for check_unknown) but not required
-    params = Params("generate", {"interactions_file": "", "timestamp_unit": "auto"})
-    assert read_params(params, required=False) is None
-    params.check_unknown()
 
 
 # --------------------------------------------------------------------------- CLI
