@@ -232,12 +232,30 @@ def test_stage_writes_stable_metrics_matching_implicit(tmp_path: Path, fitted) -
     assert fallback["users"] == int(cold.sum()) > 0
     assert fallback["size"] == 12
     assert set(METRICS) <= set(fallback["baseline"]) and set(METRICS) <= set(fallback)
+    no_history = int(((np.diff(train.indptr) == 0) & (np.diff(test.indptr) > 0)).sum())
+    assert metrics["served"]["fallback_users"] == no_history
+    assert set(METRICS) <= set(metrics["served"])
 
     # Users favour their own group's category, which their persona names first; an ALS
     # model fitted on that signal lands in persona categories more than the global top.
     persona = metrics["persona"]
     assert persona["users"] == metrics["users"]
     assert persona["model"] > persona["baseline"]
+
+
+def test_served_metrics_give_users_without_history_the_fallback() -> None:
+    from stages.evaluate import score_served
+
+    # user 0 has no training item (all held out), user 1 has one; 4 items
+    train = sp.csr_matrix(np.array([[0, 0, 0, 0], [1, 0, 0, 0]], dtype=np.float32))
+    test = sp.csr_matrix(np.array([[0, 0, 1, 0], [0, 1, 0, 0]], dtype=np.float32))
+    scored = {"users": np.array([0, 1]), "model_recs": np.array([[3, 0], [1, 2]], np.int32)}
+    served = score_served(train, test, scored, np.array([2, 3, 0, 1], np.int32), k=2)
+    assert served["fallback_users"] == 1 and served["users"] == 2
+    # user 0: the model's [3, 0] misses, the fallback's [2, 3] hits at rank 1; user 1 keeps
+    # the model's [1, 2], a hit at rank 1: both users score AP 1
+    assert served["map_at_k"] == pytest.approx(1.0)
+    assert served["hit_rate_at_k"] == pytest.approx(1.0)
 
 
 def test_stage_without_persona_column_omits_the_persona_share(tmp_path: Path, fitted) -> None:
