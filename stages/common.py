@@ -339,7 +339,7 @@ def write_text(path: Path | str, text: str) -> None:
 
 
 def write_csv(table: Any, path: Path | str) -> None:
-    """A pyarrow Table as plain CSV, quoting only if some value needs it (commas, quotes).
+    """A pyarrow Table as plain CSV, atomically, quoting only if a value needs it (commas, quotes).
 
     Dictionary (categorical) columns are scanned through their dictionaries, so ids are
     never materialised per row; the same table always gives the same bytes.
@@ -356,11 +356,12 @@ def write_csv(table: Any, path: Path | str) -> None:
         if pa.types.is_string(values.type) and len(values):
             needs_quotes |= pc.any(pc.match_substring_regex(values, r'[,"\r\n]')).as_py()
     style = "needed" if needs_quotes else "none"
-    pacsv.write_csv(
-        table,
-        str(path),
-        write_options=pacsv.WriteOptions(quoting_style=style, quoting_header="none"),
-    )
+    with atomic_path(path) as tmp:
+        pacsv.write_csv(
+            table,
+            str(tmp),
+            write_options=pacsv.WriteOptions(quoting_style=style, quoting_header="none"),
+        )
 
 
 def write_json(path: Path | str, obj: Any) -> None:

@@ -57,13 +57,6 @@ DIGITS = 6
 # --------------------------------------------------------------------------- pure parts
 
 
-def recommend_top_k(
-    model: AlternatingLeastSquares, train: sp.csr_matrix, users: np.ndarray, k: int
-) -> np.ndarray:
-    """Top-k item indices (users x k, int32, -1 = empty) excluding training items."""
-    return top_k_unseen(model, train, users, k)[0]
-
-
 def evaluated_users(test: sp.csr_matrix) -> np.ndarray:
     """Row indices of every user with at least one held-out pair."""
     return np.flatnonzero(np.diff(test.indptr) > 0)
@@ -75,7 +68,7 @@ def score_model_and_baseline(
     """Recommendations and metrics (every k) of the model and most-popular on all users."""
     users = evaluated_users(test)
     test_rows = test[users]
-    model_recs = recommend_top_k(model, train, users, k)
+    model_recs = top_k_unseen(model, train, users, k)[0]
     baseline_recs = top_k_excluding(popularity_ranking(train), train[users], k)
     return {
         "users": users,

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from stages.common import INTERACTIONS, ITEMS, USERS, Params, StageError, atomic_path, write_csv
+from stages.common import INTERACTIONS, ITEMS, USERS, Params, StageError, atomic_outputs, write_csv
 
 Log = Callable[[str], None]
 
@@ -486,10 +486,9 @@ def import_events(cfg: ImportConfig, log: Log = print) -> None:
     users = complete_catalogue(
         users, "USER_ID", USER_COLUMNS, events.column("USER_ID").chunk(0), log
     )
-    with contextlib.ExitStack() as stack:
-        # all three are renamed only after all three were written
+    with atomic_outputs():  # all three are renamed only after all three were written
         for table, out in ((events, INTERACTIONS), (items, ITEMS), (users, USERS)):
-            write_csv(table, stack.enter_context(atomic_path(out)))
+            write_csv(table, out)
     log(
         f"import: wrote {INTERACTIONS} ({events.num_rows:,} rows), "
         f"{ITEMS} ({items.num_rows:,}), {USERS} ({users.num_rows:,})"

@@ -61,7 +61,7 @@ from stages.common import (
     USERS,
     Params,
     StageError,
-    atomic_path,
+    atomic_outputs,
     run_stage,
     write_csv,
 )
@@ -542,13 +542,9 @@ def build_shop(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
 def write_outputs(catalogue: pd.DataFrame, users: pd.DataFrame, events: pd.DataFrame) -> None:
     """Write the three tables; none replaces its previous version unless all were written."""
     items = catalogue.assign(PRICE=[f"{p:.2f}" for p in catalogue["PRICE"].tolist()])
-    with (
-        atomic_path(INTERACTIONS) as events_tmp,
-        atomic_path(ITEMS) as items_tmp,
-        atomic_path(USERS) as users_tmp,
-    ):
-        for frame, tmp in ((events, events_tmp), (items, items_tmp), (users, users_tmp)):
-            write_csv(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    with atomic_outputs():
+        for frame, path in ((events, INTERACTIONS), (items, ITEMS), (users, USERS)):
+            write_csv(pa.Table.from_pandas(frame, preserve_index=False), path)
 
 
 def without(params: Params, keys: tuple[str, ...]) -> Params:

@@ -108,12 +108,7 @@ def load_bundle(path: Path | str = BUNDLE) -> Bundle:
     path = Path(path)
     if not path.is_dir():
         raise StageError(f"{path}: no bundle directory; run the export stage (dvc repro)")
-    try:
-        metadata = read_json(path / "metadata.json")
-    except FileNotFoundError:
-        raise StageError(f"{path}/metadata.json: missing; the bundle is incomplete") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StageError(f"{path}/metadata.json: not valid JSON ({exc})") from None
+    metadata = read_json(path / "metadata.json")  # a missing or broken file is a StageError
     if not isinstance(metadata, dict) or metadata.get("format") != BUNDLE_FORMAT:
         raise StageError(
             f"{path}/metadata.json: unsupported bundle format "

@@ -17,10 +17,15 @@ from stages.common import save_csr, save_ids, write_npz
 from stages.evaluate import (
     benchmark_evaluate,
     persona_codes,
-    recommend_top_k,
     score_model_and_baseline,
 )
-from stages.ranking import METRICS, hits_matrix, model_from_factors, popularity_ranking
+from stages.ranking import (
+    METRICS,
+    hits_matrix,
+    model_from_factors,
+    popularity_ranking,
+    top_k_unseen,
+)
 from stages.train import AlsParams, fit_als
 from tests.conftest import run_module
 
@@ -118,7 +123,7 @@ def test_recommend_equals_implicits_filtered_recommend(fitted, k: int) -> None:
     train, test, user_factors, item_factors = fitted
     model = model_from_factors(user_factors, item_factors, threads=1)
     users = np.flatnonzero(test.getnnz(axis=1))
-    ours = recommend_top_k(model, train, users, k)
+    ours = top_k_unseen(model, train, users, k)[0]
     ids, _ = model.recommend(users, train[users], N=k, filter_already_liked_items=True)
     np.testing.assert_array_equal(ours, ids)
 
@@ -127,7 +132,7 @@ def test_recommend_marks_slots_beyond_the_unseen_items_as_empty(fitted) -> None:
     _, _, user_factors, item_factors = fitted
     model = model_from_factors(user_factors[:2], item_factors[:5], threads=1)
     train = sp.csr_matrix(np.array([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=np.float32))
-    recs = recommend_top_k(model, train, np.array([0, 1]), 4)
+    recs = top_k_unseen(model, train, np.array([0, 1]), 4)[0]
     assert sorted(recs[0, :2].tolist()) == [3, 4]
     np.testing.assert_array_equal(recs[0, 2:], [-1, -1])
     assert sorted(recs[1].tolist()) == sorted(set(recs[1].tolist()))
