@@ -1,1 +1,1 @@
-"""Pipeline stages of recsys-dvc; each module is one `dvc.yaml` stage with a `main()`."""
+"""The seven pipeline stages, one module each, run by dvc.yaml as `python -m stages.<name>`."""

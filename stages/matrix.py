@@ -1,62 +1,10 @@
-"""Stage `matrix`: the users x items CSR matrix of confidences, with stable id maps.
+"""Stage `matrix`: the users x items CSR matrix of confidences, with stable id maps."""
 
-Rows and columns follow the sorted external ids, so the same pairs always give the same
-matrix and maps (DVC hashes stay stable). A second matrix with the same sparsity holds each
-pair's last timestamp, for the time-based split.
-"""
-
-from __future__ import annotations
-
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import scipy.sparse as sp
-
-from stages.common import (
-    CONFIDENCE,
-    ITEM_IDS,
-    LAST_SEEN,
-    MATRIX,
-    USER_IDS,
-    StageError,
-    run_stage,
-    save_csr,
-    save_ids,
-)
-
-COLUMNS = ["USER_ID", "ITEM_ID", "CONFIDENCE", "LAST_TIMESTAMP"]
-
-
-def load_pairs(path: Path | str = CONFIDENCE) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path, columns=COLUMNS)
-    except FileNotFoundError:
-        raise StageError(f"{path}: not found; run the confidence stage first (dvc repro)") from None
-    except (OSError, ValueError, KeyError, pa.ArrowException):
-        raise StageError(
-            f"{path}: not a readable Parquet file with columns {', '.join(COLUMNS)}; "
-            "re-run the confidence stage"
-        ) from None
-
-
-def build(pairs: pd.DataFrame) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray, np.ndarray]:
-    """Return (confidence CSR float32, last-seen CSR int64, user ids, item ids)."""
-    if pairs.empty:
-        raise StageError(f"{CONFIDENCE}: no (user, item) pairs; the event log is empty")
-    user_ids, rows = np.unique(pairs["USER_ID"].to_numpy(dtype=str), return_inverse=True)
-    item_ids, cols = np.unique(pairs["ITEM_ID"].to_numpy(dtype=str), return_inverse=True)
-    shape = (len(user_ids), len(item_ids))
-    confidence = sp.csr_matrix(
-        (pairs["CONFIDENCE"].to_numpy(np.float32), (rows, cols)), shape=shape, dtype=np.float32
-    )
-    last_seen = sp.csr_matrix(
-        (pairs["LAST_TIMESTAMP"].to_numpy(np.int64), (rows, cols)), shape=shape, dtype=np.int64
-    )
-    if confidence.nnz != len(pairs):
-        raise StageError(f"{CONFIDENCE}: duplicate (USER_ID, ITEM_ID) pairs; re-run confidence")
-    return confidence, last_seen, user_ids, item_ids
+from recsys.cli import run_stage
+from recsys.ids import save_ids
+from recsys.io import save_csr
+from recsys.matrix import build, load_pairs
+from recsys.paths import ITEM_IDS, LAST_SEEN, MATRIX, USER_IDS
 
 
 def main() -> None:

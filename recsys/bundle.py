@@ -1,26 +1,104 @@
-"""Serve recommendations from an exported bundle (`models/bundle/`).
+"""The model bundle: everything a recommendation service needs, and nothing else.
 
-Known users get their precomputed top-N (a dict lookup and a row slice, microseconds);
-unknown users, and users whose every pair was held out, get the cold-start fallback, and
-the answer says so. Usable as a library (`load_bundle(...).recommend(user_id, n)`) or as
-a CLI:
-
-    python -m stages.recommend USER_ID [-n N] [--bundle DIR] [--json]
+`models/bundle/` holds the factors, the id maps, top-N recommendations precomputed for every
+known user (training items excluded), the cold-start fallback and `metadata.json` (params,
+metrics, input hashes, library versions, shapes). All arrays are pickle-free `.npz` with
+fixed-width unicode ids, so a reader needs numpy alone. No timestamps anywhere: the same
+inputs give a byte-identical bundle. `load_bundle` refuses a bundle whose files do not
+match what its metadata records.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
-from stages.common import BUNDLE, BUNDLE_FORMAT, StageError, load_npz, read_json, run_stage
+from recsys.errors import StageError
+from recsys.fallback import build_fallback
+from recsys.io import load_npz, md5sum, read_json, write_json, write_npz
+from recsys.params import Section
+from recsys.paths import BUNDLE
+from recsys.ranking import top_k_unseen
+
+BUNDLE_FORMAT = 1  # bumped when the bundle's layout changes, so old readers refuse new bundles
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """`export:` params."""
+
+    top_n: int
+    fallback_size: int
+
+    @classmethod
+    def from_section(cls, s: Section) -> ExportParams:
+        return cls(top_n=s.int("top_n", min=1), fallback_size=s.int("fallback_size", min=1))
+
+
+def library_versions() -> dict[str, str]:
+    names = ("implicit", "numpy", "scipy", "pandas")
+    return {name: importlib_metadata.version(name) for name in names}
+
+
+def build_bundle(
+    out: Path,
+    model: Any,
+    train: sp.csr_matrix,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    categories: np.ndarray | None,
+    params: ExportParams,
+    extra_metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the bundle's files into the (empty) directory `out`; return the metadata.
+
+    `model` is an implicit model holding the float32 factors (`recsys.models`).
+    """
+    user_ids = np.asarray(user_ids, dtype=str)
+    item_ids = np.asarray(item_ids, dtype=str)
+    train = sp.csr_matrix(train)
+    train.sort_indices()
+    recs, scores = top_k_unseen(model, train, np.arange(train.shape[0]), params.top_n)
+    # A user whose pairs were all held out has no history: the model's row is noise.
+    personalised = np.diff(train.indptr) > 0
+    recs[~personalised] = -1
+    scores[~personalised] = np.nan
+    fallback = item_ids[build_fallback(train, categories, params.fallback_size)]
+
+    arrays = {
+        "factors.npz": {"user_factors": model.user_factors, "item_factors": model.item_factors},
+        "ids.npz": {"user_ids": user_ids, "item_ids": item_ids},
+        "recommendations.npz": {
+            "items": recs,
+            "scores": scores,
+            "personalised": personalised,
+            "fallback": fallback,
+        },
+    }
+    files_md5 = {name: write_npz(out / name, **members) for name, members in arrays.items()}
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "top_n": params.top_n,
+        "fallback_size": int(fallback.size),
+        "users": int(user_ids.size),
+        "items": int(item_ids.size),
+        "personalised_users": int(personalised.sum()),
+        "arrays": {
+            f"{name}:{key}": {"shape": list(arr.shape), "dtype": arr.dtype.str}
+            for name, members in arrays.items()
+            for key, arr in members.items()
+        },
+        "files_md5": files_md5,
+    } | extra_metadata
+    write_json(out / "metadata.json", meta)
+    return meta
+
 
 PERSONALISED = "personalised"
 FALLBACK = "fallback"
@@ -115,6 +193,7 @@ def load_bundle(path: Path | str = BUNDLE) -> Bundle:
             f"{metadata.get('format') if isinstance(metadata, dict) else None!r}; "
             f"expected {BUNDLE_FORMAT}"
         )
+    _check_files(path, metadata)
     arrays: dict[str, np.ndarray] = {}
     for name, keys in _REQUIRED.items():
         loaded = load_npz(path / name)
@@ -124,6 +203,23 @@ def load_bundle(path: Path | str = BUNDLE) -> Bundle:
             arrays[key] = loaded[key]
     _check_shapes(path, arrays)
     return Bundle(metadata=metadata, **arrays)
+
+
+def _check_files(path: Path, metadata: dict[str, Any]) -> None:
+    """Every file the export wrote, unchanged: a truncated or swapped file is refused here,
+    not discovered by a user as odd recommendations."""
+    recorded = metadata.get("files_md5")
+    if not isinstance(recorded, dict) or not recorded:
+        raise StageError(f"{path}/metadata.json: no files_md5; re-run export")
+    for name, expected in sorted(recorded.items()):
+        file = path / Path(str(name)).name
+        if not file.is_file():
+            raise StageError(f"{file}: missing from the bundle; re-run export (dvc repro)")
+        if md5sum(file) != expected:
+            raise StageError(
+                f"{file}: corrupt (its md5 differs from metadata.json's); "
+                "restore it with dvc checkout, or re-run export"
+            )
 
 
 def _check_shapes(path: Path, a: dict[str, np.ndarray]) -> None:
@@ -144,49 +240,3 @@ def _check_shapes(path: Path, a: dict[str, np.ndarray]) -> None:
             raise StageError(f"{path}: inconsistent bundle, expected {expected}; re-run export")
     if a["items"].size and (a["items"].max() >= n_items or a["items"].min() < -1):
         raise StageError(f"{path}: items holds indices outside the catalogue; re-run export")
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one `error:` line (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(
-        prog="python -m stages.recommend",
-        description="Top-N item ids for a user from an exported bundle; unknown users get "
-        "the cold-start fallback (labelled as such).",
-    )
-    parser.add_argument("user_id", help="external USER_ID, as in data/user_ids.csv")
-    parser.add_argument("-n", type=int, default=10, help="number of items (default 10)")
-    parser.add_argument("--bundle", default=str(BUNDLE), help=f"bundle directory ({BUNDLE})")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse(argv)
-    if args.n <= 0:
-        raise StageError(f"-n {args.n}; expected a positive integer")
-    bundle = load_bundle(args.bundle)
-    recs = bundle.recommend(args.user_id, args.n)
-    if args.json:
-        answer = {"user_id": args.user_id, "source": recs.source, "known": recs.known}
-        print(json.dumps(answer | {"items": list(recs)}))
-        return
-    if recs.is_fallback:
-        why = "has no training history" if recs.known else "is not in the bundle"
-        print(
-            f"note: user {args.user_id!r} {why}; showing the cold-start fallback",
-            file=sys.stderr,
-        )
-    print("\n".join(recs))
-
-
-if __name__ == "__main__":
-    run_stage(main)

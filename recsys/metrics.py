@@ -15,8 +15,6 @@ recall@k = hits/|held-out|; hit rate@k = share of users with at least one hit.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import scipy.sparse as sp
 
@@ -106,60 +104,6 @@ def evaluate_recs(recs: np.ndarray, test_rows: sp.csr_matrix) -> dict[str, np.nd
     return result
 
 
-def popularity_ranking(train: sp.spmatrix) -> np.ndarray:
-    """All items, most distinct training users first (ties: lower item index first).
-
-    The most-popular baseline, and the cold-start fallback when there are no categories.
-    Explicit zeros and repeated (user, item) entries do not add users.
-    """
-    train = sp.csr_matrix(train)
-    if not train.has_canonical_format:
-        train = train.copy()
-        train.sum_duplicates()
-    counts = np.bincount(train.indices[train.data != 0], minlength=train.shape[1])
-    return np.argsort(-counts, kind="stable").astype(np.int32)
-
-
-def top_k_excluding(ranking: np.ndarray, train_rows: sp.csr_matrix, k: int) -> np.ndarray:
-    """First k items of a global `ranking` per user, skipping the user's training items.
-
-    Users x k int32, -1 where the ranking runs out. Instead of masking a users x items
-    matrix, it uses the positions of each user's training items in the ranking: if the
-    user's i-th masked position (0-based, ascending) is s_i, then t_i = s_i - i free slots
-    precede it, and the j-th free slot is j + #{i : t_i <= j}.
-    """
-    ranking = np.asarray(ranking, dtype=np.int64)
-    if not train_rows.has_canonical_format:
-        train_rows = train_rows.copy()
-        train_rows.sum_duplicates()
-    n_users, n_items = train_rows.shape
-    size = ranking.size
-    if k < 1:
-        raise ValueError("k must be >= 1")
-    position = np.full(n_items, -1, dtype=np.int64)
-    position[ranking] = np.arange(size)
-
-    rows = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(train_rows.indptr))
-    masked = position[train_rows.indices]
-    keep = masked >= 0
-    rows, masked = rows[keep], masked[keep]
-    width = size + 1
-    order = np.argsort(rows * width + masked, kind="stable")
-    rows, masked = rows[order], masked[order]
-    row_start = np.searchsorted(rows, np.arange(n_users + 1))
-    rank_in_row = np.arange(rows.size) - row_start[rows]
-    free_before = rows * width + (masked - rank_in_row)
-
-    slots = np.arange(k, dtype=np.int64)
-    query = np.arange(n_users, dtype=np.int64)[:, None] * width + slots[None, :]
-    skipped = np.searchsorted(free_before, query, side="right") - row_start[:-1, None]
-    chosen = slots[None, :] + skipped
-    out = np.full((n_users, k), -1, dtype=np.int32)
-    inside = chosen < size
-    out[inside] = ranking[chosen[inside]]
-    return out
-
-
 def category_share(
     recs: np.ndarray, user_groups: np.ndarray, item_categories: np.ndarray, allowed: np.ndarray
 ) -> float:
@@ -181,71 +125,3 @@ def category_share(
         return float("nan")
     ok = cats >= 0
     return float(allowed[grp[ok], cats[ok]].sum() / total)
-
-
-RECOMMEND_BATCH = 20_000
-
-
-def model_from_factors(user_factors: np.ndarray, item_factors: np.ndarray, threads: int) -> Any:
-    """An implicit ALS model around saved factors, so scoring uses implicit's own top-k.
-
-    Built under a one-thread BLAS limit: implicit warns at construction otherwise.
-    """
-    from implicit.cpu.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(
-            factors=item_factors.shape[1], dtype=np.float32, num_threads=threads
-        )
-    model.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
-    model.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
-    return model
-
-
-def top_k_unseen(
-    model: Any, train: sp.csr_matrix, users: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k items per user from an implicit model, excluding the user's training items.
-
-    Returns int32 item indices and float32 scores, users x k; slots a user cannot fill
-    (fewer than k unseen items) hold -1 / NaN. Same lists as
-    `model.recommend(..., filter_already_liked_items=True)`, which is what
-    `implicit.evaluation` scores, but that filter slices the CSR once per user in Python
-    (most of its run time). Instead each user gets the top k + (its training items, rounded
-    up to a power of two) unfiltered from implicit's C top-k, and the training items are
-    dropped in one vectorised pass. Users are grouped by that padding, so the loop runs over
-    a handful of groups and batches, never over users.
-    """
-    from threadpoolctl import threadpool_limits
-
-    users = np.asarray(users, dtype=np.int64)
-    n_items = train.shape[1]
-    lengths = np.diff(train.indptr)[users]
-    pad = np.zeros(users.size, dtype=np.int64)
-    seen = lengths > 0
-    pad[seen] = 2 ** np.ceil(np.log2(lengths[seen])).astype(np.int64)
-    ids = np.full((users.size, k), -1, dtype=np.int32)
-    scores = np.full((users.size, k), np.nan, dtype=np.float32)
-    # implicit's top-k runs its own threads; BLAS threads on top would oversubscribe
-    with threadpool_limits(1, "blas"):
-        for extra in np.unique(pad).tolist():
-            group = np.flatnonzero(pad == extra)
-            n = min(k + extra, n_items)
-            for start in range(0, group.size, RECOMMEND_BATCH):
-                rows = group[start : start + RECOMMEND_BATCH]
-                batch = users[rows]
-                cand, cand_scores = model.recommend(
-                    batch, train[batch], N=n, filter_already_liked_items=False
-                )
-                cand = np.asarray(cand).reshape(rows.size, n)
-                cand_scores = np.asarray(cand_scores, dtype=np.float32).reshape(rows.size, n)
-                masked = hits_matrix(cand, train[batch])  # True where already seen
-                order = np.argsort(masked, axis=1, kind="stable")[:, :k]
-                keep = ~np.take_along_axis(masked, order, axis=1)
-                width = order.shape[1]
-                ids[rows, :width] = np.where(keep, np.take_along_axis(cand, order, axis=1), -1)
-                scores[rows, :width] = np.where(
-                    keep, np.take_along_axis(cand_scores, order, axis=1), np.nan
-                )
-    return ids, scores

@@ -31,7 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from stages.common import INTERACTIONS, ITEMS, USERS, Params, StageError, atomic_outputs, write_csv
+from recsys.errors import StageError
+from recsys.io import atomic_outputs, write_csv
+from recsys.params import Section
+from recsys.paths import EVENTS_DIR, INTERACTIONS, ITEMS, USERS
 
 Log = Callable[[str], None]
 
@@ -53,53 +56,67 @@ TIMESTAMP_UNITS = ["auto", "s", "ms"]
 MS_THRESHOLD = 10**11
 MS_LIMIT = 10**14  # above this even milliseconds are past the year 5138 (microseconds?)
 _GZIP_MAGIC = b"\x1f\x8b"
-_KEYS = ("interactions_file", "items_file", "users_file", "timestamp_unit")
 
 
 @dataclass(frozen=True)
-class ImportConfig:
-    """Validated `generate.*` params of the `files` source."""
+class ImportParams:
+    """The `files` source's `generate.*` params (`source: files`)."""
 
     interactions_file: Path
     items_file: Path | None
     users_file: Path | None
     timestamp_unit: str
 
+    KEYS = ("interactions_file", "items_file", "users_file", "timestamp_unit")
 
-# --------------------------------------------------------------------------- params
-
-
-def read_params(params: Params) -> ImportConfig:
-    """Read and check the `files` keys of the `generate` section (source: files)."""
-    unit = params.choice("timestamp_unit", TIMESTAMP_UNITS, "auto")
-    paths = {key: _optional_path(params, key) for key in _KEYS[:3]}
-    if paths["interactions_file"] is None:
-        raise StageError(
-            "params.yaml: generate.interactions_file is empty; expected the path of your "
-            "event log (.csv or .csv.gz) relative to the repository root"
+    @classmethod
+    def from_section(cls, s: Section) -> ImportParams:
+        unit = s.choice("timestamp_unit", TIMESTAMP_UNITS, "auto")
+        paths = {key: _events_path(s, key) for key in cls.KEYS[:3]}
+        if paths["interactions_file"] is None:
+            raise StageError(
+                "params.yaml: generate.interactions_file is empty; expected the path of your "
+                f"event log (.csv or .csv.gz) inside {EVENTS_DIR}/"
+            )
+        return cls(
+            interactions_file=paths["interactions_file"],
+            items_file=paths["items_file"],
+            users_file=paths["users_file"],
+            timestamp_unit=unit,
         )
-    return ImportConfig(
-        interactions_file=paths["interactions_file"],
-        items_file=paths["items_file"],
-        users_file=paths["users_file"],
-        timestamp_unit=unit,
-    )
 
 
-def _optional_path(params: Params, key: str) -> Path | None:
-    if params.values.get(key) in (None, ""):
-        params.choice(key, [None, ""], "")  # marks the key as read
+def _events_path(s: Section, key: str) -> Path | None:
+    """An input file path, which must lie inside `events/`.
+
+    `events/` is a dependency of `generate` in dvc.yaml, so editing any file there re-runs
+    the pipeline; a file anywhere else would be invisible to `dvc status`.
+    """
+    value = s.str(key, "", empty=True)
+    if not value.strip():
         return None
-    value = params.str(key)
     posix = PurePosixPath(value.replace("\\", "/"))
-    if posix.is_absolute() or ".." in posix.parts or Path(value).is_absolute():
+    inside = (
+        not posix.is_absolute()
+        and ".." not in posix.parts
+        and len(posix.parts) > 1
+        and posix.parts[0] == EVENTS_DIR.name
+    )
+    if not inside:
         raise StageError(
-            f"params.yaml: generate.{key} = {value!r}; expected a path inside the repository, "
-            "relative to its root (so every clone finds it)"
+            f"params.yaml: generate.{key} = {value!r}; expected a path inside {EVENTS_DIR}/ "
+            f"(e.g. {EVENTS_DIR}/interactions.csv.gz), which dvc.yaml tracks"
         )
     if not (value.endswith(".csv") or value.endswith(".csv.gz")):
         raise StageError(f"params.yaml: generate.{key} = {value!r}; expected a .csv or .csv.gz")
-    return Path(value)
+    path = Path(*posix.parts)
+    resolved = path.resolve()
+    if path.exists() and not resolved.is_relative_to(EVENTS_DIR.resolve()):
+        raise StageError(
+            f"params.yaml: generate.{key} = {value!r} is a link to a file outside "
+            f"{EVENTS_DIR}/; expected the file itself inside {EVENTS_DIR}/"
+        )
+    return path
 
 
 # --------------------------------------------------------------------------- reading
@@ -472,7 +489,7 @@ def _empty(n: int) -> pa.DictionaryArray:
 # --------------------------------------------------------------------------- writing
 
 
-def import_events(cfg: ImportConfig, log: Log = print) -> None:
+def import_events(cfg: ImportParams, log: Log = print) -> None:
     """Validate every input first, then replace the three outputs together."""
     events = read_interactions(cfg.interactions_file, cfg.timestamp_unit, log)
     items = users = None
@@ -493,14 +510,3 @@ def import_events(cfg: ImportConfig, log: Log = print) -> None:
         f"import: wrote {INTERACTIONS} ({events.num_rows:,} rows), "
         f"{ITEMS} ({items.num_rows:,}), {USERS} ({users.num_rows:,})"
     )
-
-
-def import_files(params: Params) -> None:
-    """`generate.source: files`: validate the files keys, then import.
-
-    Unknown-key checking stays with `generate`, which owns the whole section (the synthetic
-    keys remain in params.yaml while importing).
-    """
-    cfg = read_params(params)
-    assert cfg is not None
-    import_events(cfg)

@@ -24,7 +24,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from stages.ranking import popularity_ranking
+from recsys.ids import aligned, read_id_table
+from recsys.ranking import popularity_ranking
 
 
 def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
@@ -129,8 +130,6 @@ def load_item_categories(path: Path | str, item_ids: np.ndarray) -> np.ndarray |
     catalogue without CATEGORY_L1 gives None (plain popularity); items it does not list
     share the category "" and a repeated ITEM_ID keeps its first row.
     """
-    from stages.common import aligned, read_id_table
-
     frame = read_id_table(path, "ITEM_ID", ["CATEGORY_L1"])
     if "CATEGORY_L1" not in frame:
         return None

@@ -1,0 +1,156 @@
+"""Models: build, fit, save and load implicit's ALS, in one place.
+
+The stages, the benchmarks and the tests all build their model here, so a knob means the
+same thing everywhere. Factors are float32 and saved pickle-free; a model is rebuilt around
+saved factors (`model_from_factors`) to score with implicit's own top-k.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from implicit.recommender_base import ModelFitError
+from threadpoolctl import threadpool_limits
+
+from recsys.errors import StageError
+from recsys.io import load_npz
+from recsys.params import Section
+from recsys.paths import TRAIN
+
+
+@dataclass(frozen=True)
+class AlsParams:
+    """`als:` params; every one changes the fitted model (threads are a runtime knob)."""
+
+    factors: int
+    regularization: float
+    alpha: float
+    iterations: int
+    use_cg: bool
+    random_state: int
+    track_loss: bool = True
+
+    @classmethod
+    def from_section(cls, s: Section) -> AlsParams:
+        return cls(
+            factors=s.int("factors", min=1, max=4096),
+            regularization=s.float("regularization", min=0.0),
+            alpha=s.float("alpha", min=0.0, min_exclusive=True),
+            iterations=s.int("iterations", min=1, max=10_000),
+            use_cg=s.bool("use_cg"),
+            random_state=s.int("random_state", min=0, max=2**32 - 1),
+            track_loss=s.bool("track_loss", True),
+        )
+
+
+def make_model(als: AlsParams, threads: int) -> AlternatingLeastSquares:
+    """An implicit CPU ALS model from the params, built under a one-thread BLAS limit.
+
+    implicit checks the BLAS thread pool when the model is built and warns if it is > 1
+    (a threaded BLAS inside its own OpenMP loops is much slower); fit keeps the limit too.
+    """
+    with threadpool_limits(1, "blas"):
+        return AlternatingLeastSquares(
+            factors=als.factors,
+            regularization=als.regularization,
+            alpha=als.alpha,
+            dtype=np.float32,
+            use_cg=als.use_cg,
+            iterations=als.iterations,
+            # implicit's loss pass costs about a third of a fit at 200 factors
+            calculate_training_loss=als.track_loss,
+            num_threads=threads,
+            random_state=als.random_state,
+        )
+
+
+def check_train(train: sp.csr_matrix, path: Path | str = TRAIN) -> sp.csr_matrix:
+    """Refuse matrices ALS cannot learn from, with a message naming the file."""
+    if train.nnz == 0:
+        raise StageError(f"{path}: no training pairs; check mask.fraction and the input data")
+    if not np.isfinite(train.data).all():
+        raise StageError(f"{path}: non-finite confidences; re-run the confidence stage")
+    if (train.data < 0).any():
+        raise StageError(f"{path}: negative confidences; expected values > 0")
+    return sp.csr_matrix(train, dtype=np.float32)
+
+
+def fit_als(
+    train: sp.csr_matrix, als: AlsParams, threads: int, *, show_progress: bool | None = None
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Fit ALS; return float32 (user_factors, item_factors) and the loss per iteration.
+
+    implicit's progress bar shows on a terminal only (`show_progress=None`), not in logs.
+    """
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    losses: list[float] = []
+
+    def on_iteration(iteration: int, elapsed: float, loss: float | None) -> None:
+        if als.track_loss:
+            losses.append(float(loss))
+
+    model = make_model(als, threads)
+    with threadpool_limits(1, "blas"):
+        try:
+            model.fit(train, show_progress=show_progress, callback=on_iteration)
+        except ModelFitError as exc:
+            raise StageError(
+                f"ALS diverged ({exc}); raise als.regularization or lower als.alpha"
+            ) from None
+    users = np.ascontiguousarray(model.user_factors, dtype=np.float32)
+    items = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+    return users, items, losses
+
+
+def loss_csv(losses: list[float]) -> str:
+    """CSV iteration,loss (1-based iterations); 8 significant digits keep it diff-stable."""
+    lines = ["iteration,loss"] + [f"{i},{loss:.8g}" for i, loss in enumerate(losses, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def load_factors(path: Path | str, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """The model's float32 factors, checked: present, finite, and the training matrix's shape.
+
+    NaN factors would otherwise give a plausible-looking but meaningless metrics file.
+    """
+    model = load_npz(path)
+    for key in ("user_factors", "item_factors"):
+        if key not in model:
+            raise StageError(f"{path}: missing array '{key}'; re-run the train stage")
+    users, items = model["user_factors"], model["item_factors"]
+    expected = {"user_factors": n_users, "item_factors": n_items}
+    for key, arr in (("user_factors", users), ("item_factors", items)):
+        if arr.ndim != 2 or arr.shape[0] != expected[key]:
+            raise StageError(
+                f"{path}: {key} has shape {arr.shape}; expected {expected[key]} rows to "
+                f"match {TRAIN} {(n_users, n_items)}; re-run dvc repro"
+            )
+        if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
+            raise StageError(f"{path}: {key} must hold finite floats; re-run the train stage")
+    if users.shape[1] != items.shape[1]:
+        raise StageError(
+            f"{path}: user_factors has {users.shape[1]} factors, item_factors {items.shape[1]}"
+        )
+    return users.astype(np.float32, copy=False), items.astype(np.float32, copy=False)
+
+
+def model_from_factors(
+    user_factors: np.ndarray, item_factors: np.ndarray, threads: int
+) -> AlternatingLeastSquares:
+    """An implicit ALS model around saved factors, so scoring uses implicit's own top-k.
+
+    Built under a one-thread BLAS limit: implicit warns at construction otherwise.
+    """
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=item_factors.shape[1], dtype=np.float32, num_threads=threads
+        )
+    model.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
+    model.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+    return model

@@ -1,0 +1,25 @@
+"""The files each stage reads and writes, relative to the repository root.
+
+They are a public contract (dvc.yaml, users' scripts and services rely on them), so they
+are named once, here.
+"""
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+EVENTS_DIR = Path("events")  # where `generate.source: files` logs live (a dependency of generate)
+INTERACTIONS = Path("data/interactions.csv")
+ITEMS = Path("data/items.csv")
+USERS = Path("data/users.csv")
+CONFIDENCE = Path("data/confidence.parquet")
+MATRIX = Path("data/matrix.npz")
+LAST_SEEN = Path("data/last_seen.npz")
+USER_IDS = Path("data/user_ids.csv")
+ITEM_IDS = Path("data/item_ids.csv")
+TRAIN = Path("data/train.npz")
+TEST = Path("data/test.npz")
+MODEL = Path("models/als.npz")
+TRAIN_LOSS = Path("metrics/train_loss.csv")
+METRICS_JSON = Path("metrics/metrics.json")
+RANKING_AT_K = Path("metrics/ranking_at_k.csv")
+BUNDLE = Path("models/bundle")
