@@ -30,9 +30,9 @@ EVENT_SHARES = [0.9, 0.07, 0.03]
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from stages.events import ImportConfig, import_events
+from recsys.events import ImportParams, import_events
 start = time.perf_counter()
-import_events(ImportConfig(Path(sys.argv[1]), None, None, "auto"), log=lambda _: None)
+import_events(ImportParams(Path(sys.argv[1]), None, None, "auto"), log=lambda _: None)
 seconds = time.perf_counter() - start
 peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"seconds": seconds, "peak_mib": peak_kib / 1024}))

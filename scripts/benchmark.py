@@ -54,7 +54,10 @@ def fit_seconds(train_stdout: str) -> float:
 
 def scratch_repo(scale: int, parent: Path) -> Path:
     repo = parent / f"scale{scale}"
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("stages", "recsys"):
+        shutil.copytree(
+            ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["generate"]["users"] *= scale
     params["generate"]["interactions"] *= scale
@@ -70,38 +73,33 @@ def baselines(repo: Path, repeat: int) -> dict[str, float]:
     cwd = os.getcwd()
     os.chdir(repo)
     try:
-        from implicit.cpu.als import AlternatingLeastSquares
+        from dataclasses import replace
 
-        from stages.common import load_csr, load_npz
-        from stages.evaluate import benchmark_evaluate
+        from recsys.evaluation import benchmark_evaluate
+        from recsys.io import load_csr, load_npz
+        from recsys.models import AlsParams, make_model
+        from recsys.params import load
+        from recsys.threads import stage_threads
 
-        params = yaml.safe_load(Path("params.yaml").read_text())
-        als = params["als"]
+        als = load(AlsParams.from_section, "als")
+        k = yaml.safe_load(Path("params.yaml").read_text())["evaluate"]["k"]
         train = load_csr("data/train.npz")
         test = load_csr("data/test.npz")
-        threads = als["threads"] or len(os.sched_getaffinity(0))
+        threads = stage_threads()
         fits = {}
         with threadpool_limits(1, "blas"):
-            for loss in [als.get("track_loss", True)] * repeat + [False]:
-                model = AlternatingLeastSquares(
-                    factors=als["factors"],
-                    regularization=als["regularization"],
-                    alpha=als["alpha"],
-                    iterations=als["iterations"],
-                    use_cg=als["use_cg"],
-                    random_state=als["random_state"],
-                    calculate_training_loss=loss,
-                    num_threads=threads,
-                )
+            # the same model the train stage builds, with and without the loss pass
+            for loss in [als.track_loss] * repeat + [False]:
+                model = make_model(replace(als, track_loss=loss), threads)
                 start = time.perf_counter()
                 model.fit(train, show_progress=False)
                 fits[loss] = min(fits.get(loss, float("inf")), time.perf_counter() - start)
             saved = load_npz("models/als.npz")
             model.user_factors = saved["user_factors"]
             model.item_factors = saved["item_factors"]
-        scoring = benchmark_evaluate(train, test, model, params["evaluate"]["k"])
+        scoring = benchmark_evaluate(train, test, model, k)
         return {
-            "fit": fits[als.get("track_loss", True)],
+            "fit": fits[als.track_loss],
             "fit_no_loss": fits[False],
             "ranking_metrics_at_k": scoring["implicit_seconds"],
             "our_scoring": scoring["ours_seconds"],
@@ -117,7 +115,7 @@ def recommend_latency(repo: Path, calls: int = 2000) -> float:
     """Mean milliseconds for one recommendation from a loaded bundle."""
     code = (
         "import time, numpy as np\n"
-        "from stages.recommend import load_bundle\n"
+        "from recsys.bundle import load_bundle\n"
         "b = load_bundle('models/bundle')\n"
         "ids = np.asarray(b.user_ids)[:: max(1, len(b.user_ids) // 1000)][:1000]\n"
         f"n = {calls}\n"
