@@ -13,11 +13,14 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
-	touch $@
+	@test -x $(BIN)/python || { echo "==> creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
+	@echo "==> installing the pinned requirements.txt into $(VENV) (first time: about 2 minutes)"
+	@$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	@touch $@
+	@echo "==> $(VENV) ready"
 
 repro: setup
+	@echo "==> dvc repro: generate -> confidence -> matrix -> mask -> train -> evaluate -> export"
 	dvc repro
 
 test: setup

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.cli import progress
 from recsys.metrics import hits_matrix
 
 RECOMMEND_BATCH = 20_000
@@ -95,24 +96,27 @@ def top_k_unseen(
     ids = np.full((users.size, k), -1, dtype=np.int32)
     scores = np.full((users.size, k), np.nan, dtype=np.float32)
     # implicit's top-k runs its own threads; BLAS threads on top would oversubscribe
+    batches = [
+        (extra, group[start : start + RECOMMEND_BATCH])
+        for extra in np.unique(pad).tolist()
+        for group in [np.flatnonzero(pad == extra)]
+        for start in range(0, group.size, RECOMMEND_BATCH)
+    ]  # a handful of (padding, rows) batches, never one per user
     with threadpool_limits(1, "blas"):
-        for extra in np.unique(pad).tolist():
-            group = np.flatnonzero(pad == extra)
+        for extra, rows in progress(batches, len(batches), "top-k"):
             n = min(k + extra, n_items)
-            for start in range(0, group.size, RECOMMEND_BATCH):
-                rows = group[start : start + RECOMMEND_BATCH]
-                batch = users[rows]
-                cand, cand_scores = model.recommend(
-                    batch, train[batch], N=n, filter_already_liked_items=False
-                )
-                cand = np.asarray(cand).reshape(rows.size, n)
-                cand_scores = np.asarray(cand_scores, dtype=np.float32).reshape(rows.size, n)
-                masked = hits_matrix(cand, train[batch])  # True where already seen
-                order = np.argsort(masked, axis=1, kind="stable")[:, :k]
-                keep = ~np.take_along_axis(masked, order, axis=1)
-                width = order.shape[1]
-                ids[rows, :width] = np.where(keep, np.take_along_axis(cand, order, axis=1), -1)
-                scores[rows, :width] = np.where(
-                    keep, np.take_along_axis(cand_scores, order, axis=1), np.nan
-                )
+            batch = users[rows]
+            cand, cand_scores = model.recommend(
+                batch, train[batch], N=n, filter_already_liked_items=False
+            )
+            cand = np.asarray(cand).reshape(rows.size, n)
+            cand_scores = np.asarray(cand_scores, dtype=np.float32).reshape(rows.size, n)
+            masked = hits_matrix(cand, train[batch])  # True where already seen
+            order = np.argsort(masked, axis=1, kind="stable")[:, :k]
+            keep = ~np.take_along_axis(masked, order, axis=1)
+            width = order.shape[1]
+            ids[rows, :width] = np.where(keep, np.take_along_axis(cand, order, axis=1), -1)
+            scores[rows, :width] = np.where(
+                keep, np.take_along_axis(cand_scores, order, axis=1), np.nan
+            )
     return ids, scores
