@@ -40,6 +40,15 @@ class ExportParams:
     def from_section(cls, s: Section) -> ExportParams:
         return cls(top_n=s.int("top_n", min=1), fallback_size=s.int("fallback_size", min=1))
 
+    def check_items(self, n_items: int, source: Path | str) -> None:
+        """Refuse a top-N longer than the catalogue (`source` lists the items) before any work:
+        it can never be filled, and its users x top_n arrays could exhaust memory."""
+        if self.top_n > n_items:
+            raise StageError(
+                f"params.yaml: export.top_n = {self.top_n}; expected <= {n_items:,}, the "
+                f"number of items in {source}"
+            )
+
 
 def library_versions() -> dict[str, str]:
     names = ("implicit", "numpy", "scipy", "pandas")
@@ -60,6 +69,7 @@ def build_bundle(
 
     `model` is an implicit model holding the float32 factors (`recsys.models`).
     """
+    params.check_items(train.shape[1], "the training matrix")
     user_ids = np.asarray(user_ids, dtype=str)
     item_ids = np.asarray(item_ids, dtype=str)
     train = sp.csr_matrix(train)

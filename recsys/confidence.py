@@ -9,7 +9,6 @@ of each pair is kept for the time-based split.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,15 @@ import pandas as pd
 import pyarrow as pa
 
 from recsys.errors import StageError
+from recsys.ids import check_id_length
 from recsys.io import atomic_path
 from recsys.params import Section
 from recsys.paths import CONFIDENCE, INTERACTIONS
 
 AGGREGATIONS = ["sum", "log"]
+# A weight is a relative importance. Beyond a 1e6 ratio float32 confidences (24-bit
+# mantissa) lose the small weights entirely, and near 3.4e38 they overflow to inf.
+MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6
 COLUMNS = ["USER_ID", "ITEM_ID", "EVENT_TYPE", "TIMESTAMP"]
 
 
@@ -45,11 +48,11 @@ class ConfidenceParams:
             if (
                 isinstance(weight, bool)
                 or not isinstance(weight, (int, float))
-                or not 0 < weight < math.inf
+                or not MIN_WEIGHT <= weight <= MAX_WEIGHT
             ):
                 raise StageError(
-                    f"params.yaml: confidence.weights.{event} = {weight!r}; "
-                    "expected a finite number > 0"
+                    f"params.yaml: confidence.weights.{event} = {weight!r}; expected a "
+                    f"number in [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}] (a relative importance)"
                 )
         return cls(
             weights={str(k): float(v) for k, v in weights.items()},
@@ -83,6 +86,9 @@ def load_events(path: Path | str = INTERACTIONS) -> pd.DataFrame:
         if "" in events[column].cat.categories:
             row = int(np.flatnonzero(events[column].to_numpy() == "")[0]) + 2
             raise StageError(f"{path}: line {row}: blank {column}; expected an id")
+    for column in ("USER_ID", "ITEM_ID"):  # the file can be edited by hand
+        ids = events[column].cat
+        check_id_length(path, column, ids.categories, ids.codes.to_numpy())
     return events
 
 
@@ -115,14 +121,25 @@ def aggregate(
         CONFIDENCE=("w", "sum"), LAST_TIMESTAMP=("ts", "max")
     )
     confidence = pairs["CONFIDENCE"].to_numpy()
-    if aggregation == "log":
-        confidence = np.log1p(confidence / log_epsilon)
+    with np.errstate(over="ignore"):  # refused below, naming a pair
+        if aggregation == "log":
+            confidence = np.log1p(confidence / log_epsilon)
+        confidence = confidence.astype(np.float32)
     out = pairs.reset_index()
+    bad = ~np.isfinite(confidence)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise StageError(
+            f"{INTERACTIONS}: the pair USER_ID {str(out['USER_ID'].iloc[row])!r}, ITEM_ID "
+            f"{str(out['ITEM_ID'].iloc[row])!r} aggregates to a confidence of {confidence[row]} "
+            f"({bad.sum():,} pairs do); expected a finite float32: lower confidence.weights "
+            "or raise confidence.log_epsilon in params.yaml"
+        )
     return pd.DataFrame(
         {
             "USER_ID": out["USER_ID"].astype(str).to_numpy(),
             "ITEM_ID": out["ITEM_ID"].astype(str).to_numpy(),
-            "CONFIDENCE": confidence.astype(np.float32),
+            "CONFIDENCE": confidence,
             "LAST_TIMESTAMP": out["LAST_TIMESTAMP"].to_numpy(np.int64),
         }
     )

@@ -22,6 +22,8 @@ import contextlib
 import csv
 import gzip
 import re
+import stat
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -32,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from recsys.errors import StageError
+from recsys.ids import check_id_length
 from recsys.io import atomic_outputs, write_csv
 from recsys.params import Section
 from recsys.paths import EVENTS_DIR, INTERACTIONS, ITEMS, USERS
@@ -56,6 +59,13 @@ TIMESTAMP_UNITS = ["auto", "s", "ms"]
 MS_THRESHOLD = 10**11
 MS_LIMIT = 10**14  # above this even milliseconds are past the year 5138 (microseconds?)
 _GZIP_MAGIC = b"\x1f\x8b"
+# Reading is bounded, so a hostile file is refused early instead of read for minutes:
+MAX_HEADER_BYTES = 64 * 1024  # line 1 (and below Python csv's 128 KiB field limit)
+# Decompressed / compressed size: CSV logs compress 5-15x (the synthetic log ~5x, sorted
+# ~10x), a gzip bomb ~1000x. The first GZIP_FREE_BYTES are allowed at any ratio, so a small
+# file of repeated lines is not refused.
+MAX_GZIP_RATIO = 100
+GZIP_FREE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -122,8 +132,68 @@ def _events_path(s: Section, key: str) -> Path | None:
 # --------------------------------------------------------------------------- reading
 
 
+def _check_regular(path: Path) -> None:
+    """Refuse anything but a regular file (links followed) before opening it: a FIFO would
+    block forever, a device such as /dev/zero never ends."""
+    try:
+        mode = path.stat()
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found") from None
+    except OSError as exc:
+        raise StageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode.st_mode):
+        raise StageError(f"{path}: is a directory; expected a .csv or .csv.gz file")
+    if not stat.S_ISREG(mode.st_mode):
+        kinds = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+                 stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}  # fmt: skip
+        kind = kinds.get(stat.S_IFMT(mode.st_mode), "not a regular file")
+        raise StageError(f"{path}: is {kind}; expected a regular .csv or .csv.gz file")
+
+
+class _BoundedGzip:
+    """Gzip decompression that stops as soon as the output outgrows MAX_GZIP_RATIO times the
+    compressed bytes read so far: a gzip bomb is refused after GZIP_FREE_BYTES, not gigabytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.raw = path.open("rb")
+        self.gzip = gzip.GzipFile(fileobj=self.raw, mode="rb")
+        self.out_bytes = 0
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self.gzip.read(size if size is not None and size >= 0 else 1 << 20)
+        except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip data
+            raise StageError(f"{self.path}: cannot read ({_first_line(exc)})") from None
+        self.out_bytes += len(data)
+        compressed = self.raw.tell()
+        if self.out_bytes > GZIP_FREE_BYTES and self.out_bytes > MAX_GZIP_RATIO * compressed:
+            raise StageError(
+                f"{self.path}: {compressed:,} compressed bytes expand to over "
+                f"{self.out_bytes:,}, more than {MAX_GZIP_RATIO}:1; expected a CSV log "
+                "(this looks like a gzip bomb)"
+            )
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.gzip.close()
+        self.raw.close()
+        self.closed = True
+
+
 def _open(path: Path) -> pa.NativeFile:
-    """Open a (possibly gzip-compressed) CSV; the suffix must match the content."""
+    """Open a regular, possibly gzip-compressed CSV; the suffix must match the content.
+
+    Gzip data is decompressed through `_BoundedGzip`, which refuses a bomb early.
+    """
+    _check_regular(path)
     try:
         with path.open("rb") as fh:
             magic = fh.read(2)
@@ -136,22 +206,33 @@ def _open(path: Path) -> pa.NativeFile:
         raise StageError(f"{path}: not gzip data; expected a gzip file (the name ends in .gz)")
     if gzipped and not path.name.endswith(".gz"):
         raise StageError(f"{path}: is gzip-compressed; expected plain CSV (or name it .csv.gz)")
-    return pa.input_stream(str(path), compression="gzip" if gzipped else None)
+    if not gzipped:
+        return pa.input_stream(str(path))
+    return pa.PythonFile(_BoundedGzip(path), mode="r")
 
 
 def read_header(path: Path) -> list[str]:
-    """Column names of line 1 (BOM and CR stripped), read without loading the file."""
-    chunks: list[bytes] = []
+    """Column names of line 1 (BOM and CR stripped), read without loading the file.
+
+    At most MAX_HEADER_BYTES are read: a longer line 1 is not a header.
+    """
+    data = b""
     try:
         with _open(path) as stream:
-            while True:
+            while b"\n" not in data and len(data) <= MAX_HEADER_BYTES:
                 chunk = stream.read(1 << 16)
-                chunks.append(chunk)
-                if not chunk or b"\n" in chunk:
+                if not chunk:
                     break
+                data += chunk
     except (OSError, EOFError, gzip.BadGzipFile, pa.ArrowException) as exc:
         raise StageError(f"{path}: cannot read ({_first_line(exc)})") from None
-    raw = b"".join(chunks).split(b"\n", 1)[0].rstrip(b"\r")
+    raw = data.split(b"\n", 1)[0]
+    if len(raw) > MAX_HEADER_BYTES:
+        raise StageError(
+            f"{path}: line 1 is longer than {MAX_HEADER_BYTES:,} bytes; expected a header "
+            "line naming the columns (is this a CSV file?)"
+        )
+    raw = raw.rstrip(b"\r")
     try:
         line = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -160,7 +241,10 @@ def read_header(path: Path) -> list[str]:
         raise StageError(
             f"{path}: empty file or blank line 1; expected a header line naming the columns"
         )
-    return next(csv.reader([line]))
+    try:
+        return next(csv.reader([line]))
+    except csv.Error as exc:
+        raise StageError(f"{path}: line 1: not a CSV header ({exc})") from None
 
 
 def map_columns(path: Path, header: list[str], required: tuple[str, ...]) -> dict[str, str]:
@@ -352,6 +436,8 @@ def read_interactions(path: Path, unit: str = "auto", log: Log = print) -> pa.Ta
     columns = {c: _dictionary(table, names[c]) for c in ("ITEM_ID", "USER_ID", "EVENT_TYPE")}
     for name, values in columns.items():
         _check_ids(path, name, values)
+        if name != "EVENT_TYPE":
+            check_id_length(path, name, values.dictionary, values.indices.to_numpy())
     ts_column = table.column(names["TIMESTAMP"]).chunk(0)
     if ts_column.null_count:
         _raise_null_timestamp(path, header, names["TIMESTAMP"], ts_column)
@@ -440,6 +526,7 @@ def read_catalogue(path: Path, id_column: str, columns: list[str], log: Log = pr
     table = table.rename_columns(wanted)
     ids = table.column(id_column).combine_chunks().dictionary_encode()
     _check_ids(path, id_column, ids)
+    check_id_length(path, id_column, ids.dictionary, ids.indices.to_numpy())
     first = np.zeros(len(ids), dtype=bool)
     first[np.unique(ids.indices.to_numpy(), return_index=True)[1]] = True
     if not first.all():

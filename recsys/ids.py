@@ -14,6 +14,39 @@ import numpy as np
 from recsys.errors import StageError
 from recsys.io import write_csv
 
+MAX_ID_LENGTH = 256
+"""Longest USER_ID / ITEM_ID accepted, in characters (Amazon Personalize's limit).
+
+Checked where ids enter the pipeline (the importer and the confidence stage), so no later
+stage meets an id that makes a per-id array (the bundle's fixed-width ids) absurdly large.
+"""
+
+
+def check_id_length(path: Path | str, column: str, ids: Any, codes: np.ndarray) -> None:
+    """Refuse an id longer than MAX_ID_LENGTH, naming the first line that holds one.
+
+    `ids` are the distinct values (a dictionary or categories), `codes` each row's index
+    into them (-1 for a missing value), so only the distinct ids are measured.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = ids if isinstance(ids, pa.Array) else pa.array(np.asarray(ids, dtype=object))
+    lengths = pc.utf8_length(values.cast(pa.large_string())).to_numpy(zero_copy_only=False)
+    too_long = lengths > MAX_ID_LENGTH
+    if not too_long.any():
+        return
+    codes = np.asarray(codes)
+    rows = np.flatnonzero((codes >= 0) & too_long[np.maximum(codes, 0)])
+    if not rows.size:
+        return
+    row = int(rows[0])
+    raise StageError(
+        f"{path}: line {row + 2}: column {column} holds an id of "
+        f"{int(lengths[codes[row]]):,} characters; expected at most {MAX_ID_LENGTH} "
+        "(MAX_ID_LENGTH, Amazon Personalize's limit for USER_ID and ITEM_ID)"
+    )
+
 
 def save_ids(path: Path | str, column: str, ids: Any) -> None:
     """Id map as a one-column CSV (through the one CSV writer): line i+2 holds id i."""

@@ -22,6 +22,14 @@ from recsys.io import load_npz
 from recsys.params import Section
 from recsys.paths import TRAIN
 
+# One CG iteration costs about SECONDS_PER_ROW_FACTOR2 x (users + items) x factors^2 core-
+# seconds. Measured on the 2-core dev machine (shared, so pessimistic) at the default scale,
+# 94,155 x 2,465 with 192k pairs, 2 threads: 64 factors 1.8 s, 200 5.2 s, 512 21 s, 1024 107 s
+# per iteration; 4096 would take most of an hour, so the limit is 1024.
+SECONDS_PER_ROW_FACTOR2 = 2e-9
+MAX_FACTORS = 1024
+SLOW_ITERATION_S = 60.0  # train warns, with its estimate, above this
+
 
 @dataclass(frozen=True)
 class AlsParams:
@@ -38,7 +46,13 @@ class AlsParams:
     @classmethod
     def from_section(cls, s: Section) -> AlsParams:
         return cls(
-            factors=s.int("factors", min=1, max=4096),
+            factors=s.int(
+                "factors",
+                min=1,
+                max=MAX_FACTORS,
+                hint=f"; time grows with factors squared: {MAX_FACTORS} already takes minutes "
+                "per ALS iteration at 100k users",
+            ),
             regularization=s.float("regularization", min=0.0),
             alpha=s.float("alpha", min=0.0, min_exclusive=True),
             iterations=s.int("iterations", min=1, max=10_000),
@@ -67,6 +81,25 @@ def make_model(als: AlsParams, threads: int) -> AlternatingLeastSquares:
             num_threads=threads,
             random_state=als.random_state,
         )
+
+
+def iteration_seconds(shape: tuple[int, int], factors: int, threads: int) -> float:
+    """Rough wall time of one ALS iteration (conjugate gradient) on this class of machine."""
+    return SECONDS_PER_ROW_FACTOR2 * (shape[0] + shape[1]) * factors**2 / max(1, threads)
+
+
+def slow_fit_warning(shape: tuple[int, int], als: AlsParams, threads: int) -> str | None:
+    """A one-line warning when the fit will be slow (None otherwise), with the estimate."""
+    per_iteration = iteration_seconds(shape, als.factors, threads)
+    if per_iteration < SLOW_ITERATION_S:
+        return None
+    total = per_iteration * als.iterations
+    solver = "" if als.use_cg else " (more with als.use_cg: false)"
+    return (
+        f"warning: als.factors = {als.factors} on {shape[0]:,} x {shape[1]:,} with {threads} "
+        f"threads: roughly {per_iteration / 60:.0f} min per iteration, "
+        f"{total / 3600:.1f} h for {als.iterations}{solver}; time grows with factors squared"
+    )
 
 
 def check_train(train: sp.csr_matrix, path: Path | str = TRAIN) -> sp.csr_matrix:
@@ -99,13 +132,55 @@ def fit_als(
     with threadpool_limits(1, "blas"):
         try:
             model.fit(train, show_progress=show_progress, callback=on_iteration)
-        except ModelFitError as exc:
-            raise StageError(
-                f"ALS diverged ({exc}); raise als.regularization or lower als.alpha"
-            ) from None
+        except (ModelFitError, ValueError) as exc:
+            # ModelFitError: NaN in the factors after fitting; ValueError: the exact solver
+            # (use_cg: false) met a system that is not positive definite, and its message
+            # always says "increase regularization", which is wrong when a param is huge.
+            if isinstance(exc, ValueError) and "posv" not in str(exc):
+                raise
+            posv = isinstance(exc, ValueError)
+            reason = "a least-squares system was not positive definite" if posv else str(exc)
+            raise StageError(f"ALS failed ({reason}); {fit_hint(train, als)}") from None
     users = np.ascontiguousarray(model.user_factors, dtype=np.float32)
     items = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+    if not users.any() or not items.any():
+        raise StageError(
+            f"ALS learned all-zero factors: als.regularization = {als.regularization:g} "
+            "outweighs every confidence; expected a smaller als.regularization (e.g. 0.01)"
+        )
     return users, items, losses
+
+
+# Beyond these, float32 arithmetic in implicit's solvers overflows (measured on small
+# matrices: regularization >= 1e21 or alpha x confidence >= 2e9 gives NaN factors).
+HUGE_REGULARIZATION = 1e6
+HUGE_CONFIDENCE = 1e8
+
+
+def fit_hint(train: sp.csr_matrix, als: AlsParams) -> str:
+    """What to change after a failed fit, by which param is extreme.
+
+    A huge regularization or alpha x confidence overflows float32; otherwise the systems
+    were singular, which more regularization fixes.
+    """
+    largest = als.alpha * float(train.data.max()) if train.nnz else 0.0
+    hints = []
+    if als.regularization >= HUGE_REGULARIZATION:
+        hints.append(
+            f"als.regularization = {als.regularization:g} is so large that float32 "
+            "arithmetic overflows: lower it (typical values are 0.001 to 1)"
+        )
+    if largest >= HUGE_CONFIDENCE:
+        hints.append(
+            f"als.alpha x the largest confidence = {largest:.3g} overflows float32 "
+            "arithmetic: lower als.alpha (or confidence.weights)"
+        )
+    if not hints:
+        hints.append(
+            f"als.regularization = {als.regularization:g} is too small to keep the "
+            "least-squares systems solvable: raise it (e.g. to 0.01)"
+        )
+    return "; ".join(hints)
 
 
 def loss_csv(losses: list[float]) -> str:

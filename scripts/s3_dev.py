@@ -8,7 +8,7 @@ credentials a developer keeps there survive a start/stop cycle.
 
 Usage (from anywhere inside the repository):
     scripts/s3-dev start [--port P] [--remote NAME]
-    scripts/s3-dev status
+    scripts/s3-dev status     (exit status 0 when running, 3 when not)
     scripts/s3-dev stop
 
 The test suite imports the server helpers (`free_port`, `launch`, `wait_until_up`,
@@ -281,6 +281,17 @@ def write_state(root: Path, state: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+def say(line: str) -> None:
+    """Print one line to stdout. A reader that went away (`scripts/s3-dev start | head -1`)
+    is no error: every command does its work before it prints, so the rest is dropped."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # later prints and the exit flush go nowhere
+        os.close(devnull)
+
+
 def cmd_start(root: Path, port: int | None, remote_arg: str | None) -> None:
     config = open_config(root)
     state = read_state(root)
@@ -288,6 +299,7 @@ def cmd_start(root: Path, port: int | None, remote_arg: str | None) -> None:
     bucket = bucket_of(config, remote)
     log_path = root / STATE_DIR / "server.log"
     running = bool(state and is_moto(state["pid"]))
+    report: list[str] = []  # printed only once the remote points at the server
 
     # One remote per server: `stop` restores only the remote in the state file, so a second
     # remote would be left pointing at a dead endpoint.
@@ -302,7 +314,7 @@ def cmd_start(root: Path, port: int | None, remote_arg: str | None) -> None:
                 f"already running on port {state['port']}; run `scripts/s3-dev stop` first"
             )
         endpoint = state["endpoint"]
-        print(f"s3-dev: already running (pid {state['pid']}) at {endpoint}")
+        report.append(f"s3-dev: already running (pid {state['pid']}) at {endpoint}")
     else:
         port = DEFAULT_PORT if port is None else port
         endpoint = endpoint_for(port)
@@ -319,11 +331,13 @@ def cmd_start(root: Path, port: int | None, remote_arg: str | None) -> None:
             # Not in the state file yet, so `stop` could not find it: never leave it behind.
             terminate(proc.pid)
             raise
-        print(f"s3-dev: started moto S3 server (pid {proc.pid}) at {endpoint}")
-        print(f"s3-dev: log: {log_path.relative_to(root)}")
+        report.append(f"s3-dev: started moto S3 server (pid {proc.pid}) at {endpoint}")
+        report.append(f"s3-dev: log: {log_path.relative_to(root)}")
 
     created = ensure_bucket(endpoint, bucket)
-    print(f"s3-dev: bucket '{bucket}' {'created' if created else 'exists'}")
+    report.append(f"s3-dev: bucket '{bucket}' {'created' if created else 'exists'}")
+    # Before anything is printed: a server left running without this config would send
+    # the next `dvc push` to the real AWS.
     set_local(
         root,
         remote,
@@ -333,28 +347,30 @@ def cmd_start(root: Path, port: int | None, remote_arg: str | None) -> None:
             "secret_access_key": SECRET_ACCESS_KEY,
         },
     )
-    print(
+    report += [
         f"s3-dev: remote '{remote}' now uses it through .dvc/config.local "
-        "(endpointurl, access_key_id, secret_access_key); `scripts/s3-dev stop` undoes this"
-    )
-    print("# for other tools (aws cli, boto3) or dvc without .dvc/config.local:")
-    print(f"export AWS_ENDPOINT_URL_S3={endpoint}")
-    print(f"export AWS_ACCESS_KEY_ID={ACCESS_KEY_ID}")
-    print(f"export AWS_SECRET_ACCESS_KEY={SECRET_ACCESS_KEY}")
-    print(f"export AWS_DEFAULT_REGION={REGION}")
+        "(endpointurl, access_key_id, secret_access_key); `scripts/s3-dev stop` undoes this",
+        "# for other tools (aws cli, boto3) or dvc without .dvc/config.local:",
+        f"export AWS_ENDPOINT_URL_S3={endpoint}",
+        f"export AWS_ACCESS_KEY_ID={ACCESS_KEY_ID}",
+        f"export AWS_SECRET_ACCESS_KEY={SECRET_ACCESS_KEY}",
+        f"export AWS_DEFAULT_REGION={REGION}",
+    ]
+    for line in report:
+        say(line)
 
 
 def cmd_stop(root: Path) -> None:
     state = read_state(root)
     if state is None:
-        print("s3-dev: not running (nothing to stop)")
+        say("s3-dev: not running (nothing to stop)")
         return
     pid = state["pid"]
     if is_moto(pid):
         terminate(pid)
-        print(f"s3-dev: stopped the S3 server (pid {pid})")
+        report = [f"s3-dev: stopped the S3 server (pid {pid})"]
     else:
-        print(f"s3-dev: the S3 server (pid {pid}) was not running")
+        report = [f"s3-dev: the S3 server (pid {pid}) was not running"]
     remote = state["remote"]
     ours = {"endpointurl": state["endpoint"]}
     ours.update(access_key_id=ACCESS_KEY_ID, secret_access_key=SECRET_ACCESS_KEY)
@@ -363,16 +379,22 @@ def cmd_stop(root: Path) -> None:
     restore = {k: state["saved"].get(k) for k in LOCAL_KEYS if current.get(k) == ours[k]}
     if restore:
         set_local(root, remote, restore)
-        print(f"s3-dev: restored .dvc/config.local for remote '{remote}'")
+        report.append(f"s3-dev: restored .dvc/config.local for remote '{remote}'")
     state_path(root).unlink()
+    for line in report:
+        say(line)
 
 
-def cmd_status(root: Path) -> None:
+EXIT_NOT_RUNNING = 3  # as LSB init scripts' `status`: scripts can test `scripts/s3-dev status`
+
+
+def cmd_status(root: Path) -> int:
     state = read_state(root)
     if state and is_moto(state["pid"]) and answers(state["endpoint"]):
-        print(f"s3-dev: running (pid {state['pid']}) at {state['endpoint']}")
-    else:
-        print("s3-dev: not running")
+        say(f"s3-dev: running (pid {state['pid']}) at {state['endpoint']}")
+        return 0
+    say("s3-dev: not running")
+    return EXIT_NOT_RUNNING
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,7 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--port", type=int, help=f"port on {HOST} (default {DEFAULT_PORT})")
     start.add_argument("--remote", help="DVC remote to point at it (default: the default one)")
     sub.add_parser("stop", help="stop the server and restore .dvc/config.local")
-    sub.add_parser("status", help="say whether the server runs")
+    sub.add_parser(
+        "status", help=f"say whether the server runs (exit 0, or {EXIT_NOT_RUNNING} when not)"
+    )
     args = parser.parse_args(argv)
     try:
         root = repo_root(Path.cwd())
@@ -393,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "stop":
             cmd_stop(root)
         else:
-            cmd_status(root)
+            return cmd_status(root)
     except DevError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

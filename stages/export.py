@@ -18,8 +18,9 @@ def main() -> None:
     params = load(ExportParams.from_section, "export")
     als = load(AlsParams.from_section, "als")  # recorded in the metadata, validated as train does
     threads = stage_threads()
-    train = load_csr(TRAIN)
     user_ids, item_ids = load_ids(USER_IDS, "USER_ID"), load_ids(ITEM_IDS, "ITEM_ID")
+    params.check_items(item_ids.size, ITEM_IDS)
+    train = load_csr(TRAIN)
     if train.shape != (user_ids.size, item_ids.size):
         raise StageError(
             f"{TRAIN} has shape {train.shape} but {USER_IDS}/{ITEM_IDS} list "

@@ -1,10 +1,11 @@
 """Stage `train`: fit implicit's ALS on the training pairs; float32 factors, loss per iteration."""
 
+import sys
 import time
 
 from recsys.cli import run_stage
 from recsys.io import load_csr, write_npz, write_text
-from recsys.models import AlsParams, check_train, fit_als, loss_csv
+from recsys.models import AlsParams, check_train, fit_als, loss_csv, slow_fit_warning
 from recsys.params import load
 from recsys.paths import MODEL, TRAIN, TRAIN_LOSS
 from recsys.threads import stage_threads
@@ -14,6 +15,9 @@ def main() -> None:
     als = load(AlsParams.from_section, "als")
     threads = stage_threads()
     train = check_train(load_csr(TRAIN))
+    warning = slow_fit_warning(train.shape, als, threads)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     start = time.perf_counter()
     users, items, losses = fit_als(train, als, threads)
     write_npz(MODEL, user_factors=users, item_factors=items)
