@@ -62,22 +62,38 @@ class ConfidenceParams:
 
 
 def load_events(path: Path | str = INTERACTIONS) -> pd.DataFrame:
-    """Read only the columns confidence needs; ids as categoricals to stay lean at 10x scale."""
+    """Read only the columns confidence needs; ids as categoricals to stay lean at 10x scale.
+
+    Ids are read as text, never as numbers: "007" and "7" are two users.
+    """
+    import pyarrow.csv as pacsv
+
+    text = pa.dictionary(pa.int32(), pa.string())
+    types = {"USER_ID": text, "ITEM_ID": text, "EVENT_TYPE": text, "TIMESTAMP": pa.int64()}
     try:
-        events = pd.read_csv(
+        table = pacsv.read_csv(
             path,
-            usecols=COLUMNS,
-            dtype={"USER_ID": "category", "ITEM_ID": "category", "EVENT_TYPE": "category"},
-            engine="pyarrow",
-            keep_default_na=False,  # ids such as "NA" or "null" are ids, not missing values
+            convert_options=pacsv.ConvertOptions(
+                include_columns=COLUMNS,
+                column_types=types,
+                strings_can_be_null=False,  # ids such as "NA" or "null" are ids
+            ),
         )
+        events = table.unify_dictionaries().combine_chunks().to_pandas()
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run the generate stage first (dvc repro)") from None
     except (ValueError, KeyError, OSError, UnicodeDecodeError, pa.ArrowException) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "conversion error to int64" in reason:
+            raise StageError(
+                f"{path}: column TIMESTAMP must hold whole epoch seconds ({reason})"
+            ) from None
         raise StageError(
             f"{path}: not a readable event log with columns {', '.join(COLUMNS)} ({reason})"
         ) from None
+    for column in ("USER_ID", "ITEM_ID", "EVENT_TYPE"):  # sorted ids: a stable pair order
+        categories = events[column].cat.categories.to_numpy(dtype=object)
+        events[column] = events[column].cat.set_categories(np.sort(categories))
     if events.empty:
         raise StageError(f"{path}: no events (header only); expected at least one row")
     if not pd.api.types.is_integer_dtype(events["TIMESTAMP"]):

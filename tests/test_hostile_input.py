@@ -346,3 +346,13 @@ def test_s3_dev_start_into_a_closed_pipe_still_configures_the_remote(tmp_path: P
     assert stop.returncode == 0, stop.stderr
     down = s3_dev("status")
     assert (down.returncode, down.stdout) == (3, "s3-dev: not running\n")
+
+
+def test_numeric_looking_ids_stay_text(tmp_path: Path) -> None:
+    """pandas' pyarrow engine read ids as integers, so users "007" and "7" became one."""
+    log = tmp_path / "interactions.csv"
+    log.write_text("USER_ID,ITEM_ID,EVENT_TYPE,TIMESTAMP\n007,01,View,1\n7,1,View,2\n7,1,View,3\n")
+    pairs = aggregate(load_events(log), {"View": 1.0}, "sum", 1.0)
+    assert pairs["USER_ID"].tolist() == ["007", "7"]
+    assert pairs["ITEM_ID"].tolist() == ["01", "1"]
+    assert pairs["CONFIDENCE"].tolist() == [1.0, 2.0]
