@@ -163,6 +163,20 @@ def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def publish_json(path: Path | str, obj: Any) -> None:
+    """Replace `path` with JSON right now, outside the stage's output transaction.
+
+    For progress that others watch while the stage runs (`dvc exp show` reads a queued
+    experiment's metrics files as they change); each replace is still atomic.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    _replace_file(Path(tmp), path)
+
+
 def read_json(path: Path | str) -> Any:
     """Parsed JSON; a missing or broken file is a StageError naming it."""
     try:

@@ -8,6 +8,7 @@ saved factors (`model_from_factors`) to score with implicit's own top-k.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,24 +115,32 @@ def check_train(train: sp.csr_matrix, path: Path | str = TRAIN) -> sp.csr_matrix
 
 
 def fit_als(
-    train: sp.csr_matrix, als: AlsParams, threads: int, *, show_progress: bool | None = None
+    train: sp.csr_matrix,
+    als: AlsParams,
+    threads: int,
+    *,
+    show_progress: bool | None = None,
+    on_iteration: Callable[[int, float | None], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Fit ALS; return float32 (user_factors, item_factors) and the loss per iteration.
 
-    implicit's progress bar shows on a terminal only (`show_progress=None`), not in logs.
+    implicit's progress bar shows on a terminal only (`show_progress=None`), not in logs;
+    `on_iteration(iteration, loss)` is called after each sweep (loss None without track_loss).
     """
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     losses: list[float] = []
 
-    def on_iteration(iteration: int, elapsed: float, loss: float | None) -> None:
+    def callback(iteration: int, elapsed: float, loss: float | None) -> None:
         if als.track_loss:
             losses.append(float(loss))
+        if on_iteration is not None:
+            on_iteration(iteration + 1, losses[-1] if als.track_loss else None)
 
     model = make_model(als, threads)
     with threadpool_limits(1, "blas"):
         try:
-            model.fit(train, show_progress=show_progress, callback=on_iteration)
+            model.fit(train, show_progress=show_progress, callback=callback)
         except (ModelFitError, ValueError) as exc:
             # ModelFitError: NaN in the factors after fitting; ValueError: the exact solver
             # (use_cg: false) met a system that is not positive definite, and its message

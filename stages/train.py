@@ -4,10 +4,10 @@ import sys
 import time
 
 from recsys.cli import run_stage
-from recsys.io import load_csr, write_npz, write_text
+from recsys.io import load_csr, publish_json, write_npz, write_text
 from recsys.models import AlsParams, check_train, fit_als, loss_csv, slow_fit_warning
 from recsys.params import load
-from recsys.paths import MODEL, TRAIN, TRAIN_LOSS
+from recsys.paths import MODEL, TRAIN, TRAIN_LOSS, TRAIN_PROGRESS
 from recsys.threads import stage_threads
 
 
@@ -18,8 +18,14 @@ def main() -> None:
     warning = slow_fit_warning(train.shape, als, threads)
     if warning:
         print(warning, file=sys.stderr, flush=True)
+
+    def report(iteration: int, loss: float | None) -> None:  # live in `dvc exp show`
+        done = {"iteration": iteration, "iterations": als.iterations}
+        publish_json(TRAIN_PROGRESS, done if loss is None else done | {"loss": round(loss, 8)})
+
+    report(0, None)
     start = time.perf_counter()
-    users, items, losses = fit_als(train, als, threads)
+    users, items, losses = fit_als(train, als, threads, on_iteration=report)
     write_npz(MODEL, user_factors=users, item_factors=items)
     write_text(TRAIN_LOSS, loss_csv(losses))
     print(
