@@ -102,6 +102,9 @@ def _events_path(s: Section, key: str) -> Path | None:
     `events/` is a dependency of `generate` in dvc.yaml, so editing any file there re-runs
     the pipeline; a file anywhere else would be invisible to `dvc status`.
     """
+    if s.values.get(key) is None:  # `items_file:` or `items_file: null` means no file
+        s.ignore((key,))
+        return None
     value = s.str(key, "", empty=True)
     if not value.strip():
         return None

@@ -80,9 +80,11 @@ class Section:
         self._read: set[str] = set()
 
     @classmethod
-    def load(cls, name: str, path: Path | str = PARAMS_FILE) -> Section:
+    def load(cls, name: str, path: Path | str = PARAMS_FILE, optional: bool = False) -> Section:
         params = read_params_file(path)
         values = params.get(name)
+        if values is None and optional:
+            values = {}
         if not isinstance(values, dict):
             raise StageError(f"{path}: missing section '{name}:' (a mapping of params)")
         _refuse_dates(values, name)
@@ -165,12 +167,19 @@ class Section:
             )
 
 
-def load(parse: Callable[[Section], T], name: str, path: Path | str = PARAMS_FILE) -> T:
+def load(
+    parse: Callable[[Section], T],
+    name: str,
+    path: Path | str = PARAMS_FILE,
+    *,
+    optional: bool = False,
+) -> T:
     """Section `name` of params.yaml parsed by `parse` (a dataclass's `from_section`).
 
     Keys `parse` did not read are refused, so the whole section is validated before any work.
+    An `optional` section may be missing: every key then takes its default.
     """
-    section = Section.load(name, path)
+    section = Section.load(name, path, optional)
     value = parse(section)
     section.check_unknown()
     return value

@@ -27,7 +27,7 @@ class RuntimeParams:
 
 def stage_threads() -> int:
     """Threads for this stage's numeric work: `runtime.threads`, else the shared policy."""
-    return worker_threads(load(RuntimeParams.from_section, "runtime").threads)
+    return worker_threads(load(RuntimeParams.from_section, "runtime", optional=True).threads)
 
 
 def cpu_budget() -> int:

@@ -8,15 +8,21 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import yaml
+
+from recsys.params import Section
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a clone needs to run the pipeline; outputs, dvc.lock and metrics are left behind so
 # each test starts from nothing.
 REPO_FILES = [
     "stages",
+    "recsys",
     "events",
     "dvc.yaml",
     "params.yaml",
@@ -28,10 +34,20 @@ REPO_FILES = [
 # Small enough for a 2-core CI machine, big enough for every stage to have real work.
 SMALL_PARAMS: dict[str, dict] = {
     "generate": {"users": 1500, "interactions": 12000},
-    "als": {"factors": 8, "iterations": 3, "threads": 1},
+    "als": {"factors": 8, "iterations": 3},
     "evaluate": {"k": 10},
     "export": {"top_n": 10, "fallback_size": 20},
+    "runtime": {"threads": 1},
 }
+
+
+def parse(from_section: Callable[[Section], T], name: str, values: dict[str, Any]) -> T:
+    """Params section `name` holding `values`, parsed as `recsys.params.load` does it from
+    params.yaml: `from_section` (a dataclass's), then unknown keys refused."""
+    section = Section(name, values)
+    parsed = from_section(section)
+    section.check_unknown()
+    return parsed
 
 
 def tool_env() -> dict[str, str]:
@@ -68,7 +84,8 @@ def run(
 def run_module(
     module: str, *args: str, cwd: Path | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m MODULE ARGS` as DVC runs a stage, with this checkout's `stages` importable."""
+    """`python -m MODULE ARGS` as DVC runs a stage, with this checkout's `stages` and `recsys`
+    importable."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

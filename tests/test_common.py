@@ -1,4 +1,5 @@
-"""The shared helpers every stage relies on: one-line errors and all-or-nothing outputs."""
+"""The shared helpers every stage relies on (recsys.io, recsys.cli, ...): one-line errors and
+all-or-nothing outputs."""
 
 from __future__ import annotations
 
@@ -8,17 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.common import (
-    StageError,
-    atomic_dir,
-    load_csr,
-    load_factors,
-    load_npz,
-    read_id_table,
-    run_stage,
-    write_npz,
-    write_text,
-)
+from recsys.cli import run_stage
+from recsys.errors import StageError
+from recsys.ids import read_id_table
+from recsys.io import atomic_dir, load_csr, load_npz, write_npz, write_text
+from recsys.models import load_factors
 
 
 @pytest.fixture
@@ -116,8 +111,8 @@ def test_metadata_table_errors_name_the_file(in_tmp: Path) -> None:
 
 
 def test_params_with_a_duplicate_section_are_refused(in_tmp: Path) -> None:
-    from stages.common import load_params
+    from recsys.params import Section
 
     Path("params.yaml").write_text("als:\n  factors: 8\nals:\n  factors: 9\n")
-    with pytest.raises(StageError, match=r"params.yaml: line 3: not valid YAML \(duplicate key"):
-        load_params("als")
+    with pytest.raises(StageError, match=r"params.yaml: line 3: duplicate key"):
+        Section.load("als")

@@ -7,12 +7,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from stages.common import Params, StageError
-from stages.confidence import aggregate
-from stages.confidence import read_params as confidence_params
-from stages.mask import random_split
-from stages.mask import read_params as mask_params
-from stages.matrix import build
+from recsys.confidence import ConfidenceParams, aggregate, load_events
+from recsys.errors import StageError
+from recsys.matrix import build, load_pairs
+from recsys.split import MaskParams, random_split
+from tests.conftest import parse
 
 WEIGHTS = {"View": 1.0, "AddToCart": 2.0, "ViewCart": 3.0, "StartCheckout": 4.0, "Purchase": 5.0}
 
@@ -67,7 +66,7 @@ def test_event_type_without_weight_is_named() -> None:
 )
 def test_bad_confidence_params(values: dict, message: str) -> None:
     with pytest.raises(StageError, match=message):
-        confidence_params(Params("confidence", values))
+        parse(ConfidenceParams.from_section, "confidence", values)
 
 
 def test_matrix_ids_are_sorted_and_stable() -> None:
@@ -113,12 +112,10 @@ def test_random_split_is_seeded() -> None:
 )
 def test_bad_mask_params(values: dict, message: str) -> None:
     with pytest.raises(StageError, match=message):
-        mask_params(Params("mask", values))
+        parse(MaskParams.from_section, "mask", values)
 
 
 def test_ids_that_look_like_missing_values_are_kept(tmp_path) -> None:
-    from stages.confidence import load_events
-
     path = tmp_path / "interactions.csv"
     path.write_text(
         "ITEM_ID,USER_ID,EVENT_TYPE,TIMESTAMP,DISCOUNT\n"
@@ -142,8 +139,6 @@ def test_ids_that_look_like_missing_values_are_kept(tmp_path) -> None:
     ],
 )
 def test_malformed_event_logs_are_one_line_errors(tmp_path, text: str, message: str) -> None:
-    from stages.confidence import load_events
-
     path = tmp_path / "interactions.csv"
     path.write_text(text)
     with pytest.raises(StageError, match=message):
@@ -151,13 +146,11 @@ def test_malformed_event_logs_are_one_line_errors(tmp_path, text: str, message: 
 
 
 def test_infinite_weight_is_rejected() -> None:
-    with pytest.raises(StageError, match="expected a finite number > 0"):
-        confidence_params(Params("confidence", {"weights": {"View": float("inf")}}))
+    with pytest.raises(StageError, match=r"confidence.weights.View = inf; expected a"):
+        parse(ConfidenceParams.from_section, "confidence", {"weights": {"View": float("inf")}})
 
 
 def test_broken_confidence_file_is_a_one_line_error(tmp_path) -> None:
-    from stages.matrix import load_pairs
-
     (tmp_path / "c.parquet").write_bytes(b"PAR1 nonsense")
     with pytest.raises(StageError, match="not a readable Parquet file"):
         load_pairs(tmp_path / "c.parquet")

@@ -79,8 +79,10 @@ def test_stage_modules_are_exactly_the_seven_stages() -> None:
 
 
 def test_no_output_keeps_a_stage_out_of_the_run_cache() -> None:
-    """DVC's run-cache skips a stage with any `persist` output (dvc/stage/cache.py
-    `_can_hash`), an always_changed stage, or one without deps or outs."""
+    """DVC's run-cache skips a stage with a `persist` output, an always_changed stage, or one
+    without deps or outs (`_can_hash` in dvc/stage/cache.py), and does not save a stage with
+    a `cache: false` output that is neither a metric nor a plot (`Stage.run` in
+    dvc/stage/__init__.py)."""
     for name, stage in STAGES.items():
         assert stage.get("deps") and (stage.get("outs") or stage.get("metrics")), name
         assert not stage.get("always_changed"), name
@@ -89,6 +91,8 @@ def test_no_output_keeps_a_stage_out_of_the_run_cache() -> None:
                 if isinstance(out, dict):
                     (options,) = out.values()
                     assert not options.get("persist"), f"{name}: {out}"
+                    if kind == "outs":
+                        assert options.get("cache", True), f"{name}: {out} (declare as plot)"
 
 
 def test_no_stage_declares_the_runtime_section() -> None:

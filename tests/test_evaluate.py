@@ -13,24 +13,16 @@ import scipy.sparse as sp
 import yaml
 from implicit.evaluation import ranking_metrics_at_k
 
-from stages.common import save_csr, save_ids, write_npz
-from stages.evaluate import (
-    benchmark_evaluate,
-    persona_codes,
-    score_model_and_baseline,
-)
-from stages.ranking import (
-    METRICS,
-    hits_matrix,
-    model_from_factors,
-    popularity_ranking,
-    top_k_unseen,
-)
-from stages.train import AlsParams, fit_als
+from recsys.evaluation import benchmark_evaluate, persona_codes, score_model_and_baseline
+from recsys.ids import save_ids
+from recsys.io import save_csr, write_npz
+from recsys.metrics import METRICS, hits_matrix
+from recsys.models import AlsParams, fit_als, model_from_factors
+from recsys.ranking import popularity_ranking, top_k_unseen
 from tests.conftest import run_module
 
 ALS = AlsParams(
-    factors=8, regularization=0.05, alpha=5.0, iterations=5, use_cg=True, random_state=3, threads=1
+    factors=8, regularization=0.05, alpha=5.0, iterations=5, use_cg=True, random_state=3
 )
 N_USERS, N_ITEMS, GROUPS = 400, 60, 6
 CATEGORIES = np.array(["alpha", "beta", "gamma", "delta", "epsilon", "zeta"])
@@ -196,7 +188,11 @@ def write_project(repo: Path, fitted, *, persona: bool = True, k: int = 10) -> P
         lines.append(f"{user_ids[u]},30,F" + (f",{own}_{other}_none" if persona else ""))
     (data / "users.csv").write_text("\n".join(lines) + "\n")
     write_npz(repo / "models" / "als.npz", user_factors=user_factors, item_factors=item_factors)
-    params = {"evaluate": {"k": k}, "export": {"top_n": 5, "fallback_size": 12}}
+    params = {
+        "evaluate": {"k": k},
+        "export": {"top_n": 5, "fallback_size": 12},
+        "runtime": {"threads": 0},  # 0: RECSYS_THREADS, set by run_evaluate
+    }
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     return repo
 
@@ -249,7 +245,7 @@ def test_stage_writes_stable_metrics_matching_implicit(tmp_path: Path, fitted) -
 
 
 def test_served_metrics_give_users_without_history_the_fallback() -> None:
-    from stages.evaluate import score_served
+    from recsys.evaluation import score_served
 
     # user 0 has no training item (all held out), user 1 has one; 4 items
     train = sp.csr_matrix(np.array([[0, 0, 0, 0], [1, 0, 0, 0]], dtype=np.float32))

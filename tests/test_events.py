@@ -17,17 +17,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.common import Params, StageError
-from stages.events import (
+from recsys.errors import StageError
+from recsys.events import (
     INTERACTION_COLUMNS,
     ITEM_COLUMNS,
     USER_COLUMNS,
-    ImportConfig,
+    ImportParams,
     count_duplicates,
     import_events,
     read_interactions,
-    read_params,
 )
+from tests.conftest import parse
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def run_import(name: str, unit: str = "auto", items: str | None = None, users: str | None = None):
     logs: list[str] = []
-    cfg = ImportConfig(
+    cfg = ImportParams(
         Path("events") / name,
         Path("events") / items if items else None,
         Path("events") / users if users else None,
@@ -331,24 +331,41 @@ def test_read_interactions_is_lean(workdir: Path) -> None:
 # --------------------------------------------------------------------------- params
 
 
+def read_params(values: dict) -> ImportParams:
+    return parse(ImportParams.from_section, "generate", values)
+
+
 def test_params_validation() -> None:
-    cfg = read_params(
-        Params(
-            "generate",
-            {"interactions_file": "events/log.csv.gz", "items_file": None, "users_file": ""},
-        )
-    )
-    assert cfg == ImportConfig(Path("events/log.csv.gz"), None, None, "auto")
+    cfg = read_params({"interactions_file": "events/log.csv.gz", "users_file": ""})
+    assert cfg == ImportParams(Path("events/log.csv.gz"), None, None, "auto")
     bad = [
         ({"interactions_file": ""}, "generate.interactions_file is empty"),
-        ({"interactions_file": "/abs/log.csv"}, "inside the repository"),
-        ({"interactions_file": "../log.csv"}, "inside the repository"),
+        ({"interactions_file": "/abs/log.csv"}, "expected a path inside events/"),
+        ({"interactions_file": "../log.csv"}, "expected a path inside events/"),
+        ({"interactions_file": "events/../log.csv"}, "expected a path inside events/"),
+        ({"interactions_file": "log.csv"}, "expected a path inside events/"),
+        ({"interactions_file": "own/log.csv"}, "expected a path inside events/"),
         ({"interactions_file": "events/log.parquet"}, "expected a .csv or .csv.gz"),
         ({"interactions_file": "a.csv", "timestamp_unit": "us"}, "one of auto, s, ms"),
+        ({"interactions_file": "events/log.csv", "source": "x"}, "unknown param generate.source"),
     ]
     for values, expected in bad:
         with pytest.raises(StageError, match=expected):
-            read_params(Params("generate", values))
+            read_params(values)
+
+
+def test_null_optional_paths_mean_no_file() -> None:
+    """`items_file:` or `items_file: null` in YAML means no metadata file."""
+    cfg = read_params({"interactions_file": "events/log.csv.gz", "items_file": None})
+    assert cfg == ImportParams(Path("events/log.csv.gz"), None, None, "auto")
+
+
+def test_a_link_out_of_events_is_refused(workdir: Path) -> None:
+    outside = workdir / "outside.csv"
+    shutil.copy("events/events_valid.csv", outside)
+    os.symlink(outside, "events/link.csv")
+    with pytest.raises(StageError, match="is a link to a file outside events/"):
+        read_params({"interactions_file": "events/link.csv"})
 
 
 # --------------------------------------------------------------------------- CLI
@@ -356,7 +373,6 @@ def test_params_validation() -> None:
 
 def run_cli(workdir: Path, interactions: str, unit: str = "auto") -> subprocess.CompletedProcess:
     """Run the import as DVC would, in a fresh process from a repository-like directory."""
-    generate = REPO / "stages" / "generate.py"
     params = yaml.safe_load((REPO / "params.yaml").read_text())  # the user's one-line change
     params["generate"].update(
         source="files",
@@ -366,16 +382,7 @@ def run_cli(workdir: Path, interactions: str, unit: str = "auto") -> subprocess.
         timestamp_unit=unit,
     )
     Path("params.yaml").write_text(yaml.safe_dump(params))
-    if generate.exists() and "import_files" in generate.read_text():
-        command = [sys.executable, "-m", "stages.generate"]
-    else:
-        command = [
-            sys.executable,
-            "-c",
-            "from stages.common import Params, run_stage\n"
-            "from stages.events import import_files\n"
-            "run_stage(lambda: import_files(Params.load('generate')))",
-        ]
+    command = [sys.executable, "-m", "stages.generate"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
 

@@ -15,8 +15,12 @@ import yaml
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from stages.common import run_stage, save_csr, save_ids, write_json, write_npz
-from stages.export import build_bundle, precompute_recommendations
+from recsys.bundle import ExportParams, build_bundle
+from recsys.cli import run_stage
+from recsys.ids import save_ids
+from recsys.io import save_csr, write_json, write_npz
+from recsys.models import model_from_factors
+from recsys.ranking import top_k_unseen
 from stages.export import main as export_main
 from tests.conftest import run_module
 
@@ -49,9 +53,10 @@ def export_to(out: Path, train: sp.csr_matrix, model: AlternatingLeastSquares) -
     users, items = user_and_item_ids()
     categories = np.array([f"cat{i % 4}" for i in range(N_ITEMS)])
     out.mkdir()
+    served = model_from_factors(model.user_factors, model.item_factors, threads=1)
     return build_bundle(
-        out, train, users, items, categories, model.user_factors, model.item_factors,
-        TOP_N, 15, {"params": {"export": {"top_n": TOP_N}}}, threads=1,
+        out, served, train, users, items, categories, ExportParams(top_n=TOP_N, fallback_size=15),
+        {"params": {"export": {"top_n": TOP_N}}},
     )  # fmt: skip
 
 
@@ -81,9 +86,8 @@ def test_bundle_loads_without_pickle_and_has_the_expected_arrays(tmp_path: Path)
 
 def test_precomputed_recommendations_match_implicit_and_skip_training_items() -> None:
     train, model = tiny_shop()
-    recs, scores = precompute_recommendations(
-        model.user_factors, model.item_factors, train, TOP_N, threads=1
-    )
+    served = model_from_factors(model.user_factors, model.item_factors, threads=1)
+    recs, scores = top_k_unseen(served, train, np.arange(N_USERS), TOP_N)
     seen = train.toarray() > 0
     for user in np.flatnonzero(np.diff(train.indptr) > 0):  # no history: all scores tie
         ids, expected_scores = model.recommend(user, train[user], N=TOP_N)
@@ -139,9 +143,9 @@ def write_inputs(repo: Path, top_n: int = TOP_N) -> None:
             "iterations": 3,
             "use_cg": True,
             "random_state": 0,
-            "threads": 1,
         },
         "export": {"top_n": top_n, "fallback_size": 15},
+        "runtime": {"threads": 1},
     }
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
 
@@ -238,8 +242,9 @@ def test_precompute_at_default_scale_is_fast() -> None:
     )
     users = rng.standard_normal((n_users, 100), dtype=np.float32)
     items = rng.standard_normal((n_items, 100), dtype=np.float32)
+    model = model_from_factors(users, items, threads=0)
     start = time.perf_counter()
-    recs, _ = precompute_recommendations(users, items, train, 20)
+    recs, _ = top_k_unseen(model, train, np.arange(n_users), 20)
     elapsed = time.perf_counter() - start
     assert recs.shape == (n_users, 20)
     assert elapsed < 5.0, f"precompute took {elapsed:.1f} s"

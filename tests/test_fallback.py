@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from stages.common import StageError
-from stages.fallback import _overlap_graph, build_fallback, load_item_categories
-from stages.ranking import evaluate_recs, popularity_ranking, top_k_excluding
+from recsys.errors import StageError
+from recsys.fallback import _overlap_graph, build_fallback, load_item_categories
+from recsys.metrics import evaluate_recs
+from recsys.ranking import popularity_ranking, top_k_excluding
 
 WEB_CATEGORIES = 10
 WEB_ITEMS_PER_CATEGORY = 30

@@ -97,20 +97,56 @@ def test_changing_als_params_reruns_only_the_model_stages(
     run(["dvc", "checkout", "-q"], repo)
 
 
+def stage_outputs(repo: Path, stage: str) -> list[str]:
+    """Every output path (outs and metrics, cached or not) dvc.yaml declares for `stage`."""
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][stage]
+    entries = [*spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", [])]
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+
+
+def temp_leftovers(repo: Path) -> list[str]:
+    """Hidden files or directories (the atomic writers' temp names) in the output folders."""
+    return sorted(
+        str(p.relative_to(repo))
+        for folder in ("data", "models", "metrics")
+        if (repo / folder).is_dir()
+        for p in (repo / folder).rglob(".*")
+        if p.name != ".gitignore"
+    )
+
+
+def tree_md5(root: Path, paths: list[str]) -> dict[str, str]:
+    """relpath -> md5 of every file at or under `paths` (a directory output counts file by file)."""
+    out = {}
+    for path in paths:
+        target = root / path
+        files = sorted(target.rglob("*")) if target.is_dir() else [target]
+        out.update({str(f.relative_to(root)): md5(f) for f in files if f.is_file()})
+    return out
+
+
 @pytest.mark.parametrize(
-    ("section", "values", "message"),
+    ("section", "values", "stage", "message"),
     [
-        ("mask", {"fraction": 1.5}, "mask.fraction = 1.5"),
-        ("generate", {"users": -3}, "generate.users = -3"),
-        ("als", {"factors": 0}, "als.factors = 0"),
-        ("evaluate", {"k": -1}, "evaluate.k = -1"),
+        ("mask", {"fraction": 1.5}, "mask", "mask.fraction = 1.5"),
+        ("generate", {"users": -3}, "generate", "generate.users = -3"),
+        ("als", {"factors": 0}, "train", "als.factors = 0"),
+        ("evaluate", {"k": -1}, "evaluate", "evaluate.k = -1"),
     ],
 )
-def test_bad_param_fails_in_one_line_and_keeps_outputs(
-    reproduced: tuple[Path, str], section: str, values: dict, message: str
+def test_bad_param_fails_in_one_line_and_checkout_restores_the_outputs(
+    reproduced: tuple[Path, str], section: str, values: dict, stage: str, message: str
 ) -> None:
+    """No `persist`: DVC deletes a stage's outputs before running it, so a failed stage leaves
+    none (never a half-written or mixed set), and `dvc checkout` brings back the last good ones;
+    outputs kept in git (`cache: false`) come back with `git checkout`."""
     repo, _ = reproduced
-    before = {p: md5(repo / p) for p in lock_hashes(repo) if (repo / p).is_file()}
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "last good run"], repo)
+    outputs = sorted({p for s in STAGES for p in stage_outputs(repo, s)})
+    before = tree_md5(repo, outputs)
+    failed = set(tree_md5(repo, stage_outputs(repo, stage)))
+    assert failed and failed <= set(before)
     original = (repo / "params.yaml").read_text()
     try:
         set_params(repo, {section: values})
@@ -121,4 +157,16 @@ def test_bad_param_fails_in_one_line_and_keeps_outputs(
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors and message in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
-    assert {p: md5(repo / p) for p in before} == before
+
+    # The failed stage left none of its outputs and no temp file; every other output is
+    # exactly the last good one (the stages before it were up to date, those after never ran).
+    after = tree_md5(repo, outputs)
+    assert set(before) - set(after) == failed
+    assert after == {p: h for p, h in before.items() if p in after}
+    assert [p for p in stage_outputs(repo, stage) if (repo / p).exists()] == []
+    assert temp_leftovers(repo) == []
+
+    run(["dvc", "checkout", "-q"], repo)
+    run(["git", "checkout", "-q", "--", "metrics"], repo)
+    assert tree_md5(repo, outputs) == before
+    assert run(["dvc", "status"], repo).stdout.strip().endswith("up to date.")

@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from stages.ranking import (
-    category_share,
-    coverage,
-    evaluate_recs,
-    hits_matrix,
-    metrics_at_k,
-    popularity_ranking,
-    top_k_excluding,
-)
+from recsys.metrics import category_share, coverage, evaluate_recs, hits_matrix, metrics_at_k
+from recsys.ranking import popularity_ranking, top_k_excluding
 
 
 def csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:

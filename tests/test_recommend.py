@@ -14,10 +14,12 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from stages.common import StageError, run_stage
-from stages.export import build_bundle
-from stages.recommend import FALLBACK, PERSONALISED, load_bundle
-from stages.recommend import main as recommend_main
+from recsys.bundle import FALLBACK, PERSONALISED, ExportParams, build_bundle, load_bundle
+from recsys.cli import run_stage
+from recsys.errors import StageError
+from recsys.io import write_npz
+from recsys.models import model_from_factors
+from recsys.recommend import main as recommend_main
 from tests.conftest import run_module
 
 N_USERS, N_ITEMS, TOP_N, FALLBACK_SIZE = 60, 30, 8, 12
@@ -38,16 +40,13 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out.mkdir()
     build_bundle(
         out,
+        model_from_factors(model.user_factors, model.item_factors, threads=1),
         train,
         np.array([str(i + 1) for i in range(N_USERS)]),
         np.array([f"sku-{i}" for i in range(N_ITEMS)]),
         np.array([f"c{i % 3}" for i in range(N_ITEMS)]),
-        model.user_factors,
-        model.item_factors,
-        TOP_N,
-        FALLBACK_SIZE,
+        ExportParams(top_n=TOP_N, fallback_size=FALLBACK_SIZE),
         {},
-        threads=1,
     )
     return out
 
@@ -105,7 +104,7 @@ def test_one_recommendation_takes_well_under_a_millisecond(bundle_dir: Path) -> 
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return run_module("stages.recommend", *args)
+    return run_module("recsys.recommend", *args)
 
 
 def test_cli_known_and_unknown_users(bundle_dir: Path) -> None:
@@ -128,6 +127,18 @@ def broken_bundles(bundle_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
     shutil.copytree(bundle_dir, no_meta)
     (no_meta / "metadata.json").unlink()
     return corrupt, no_meta
+
+
+def test_a_file_changed_after_export_is_refused(bundle_dir: Path, tmp_path: Path) -> None:
+    """A well-formed file that is not the one exported fails metadata.json's files_md5."""
+    changed = tmp_path / "changed"
+    shutil.copytree(bundle_dir, changed)
+    with np.load(changed / "recommendations.npz", allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["items"] = np.ascontiguousarray(arrays["items"][:, ::-1])
+    write_npz(changed / "recommendations.npz", **arrays)
+    with pytest.raises(StageError, match="recommendations.npz: corrupt"):
+        load_bundle(changed)
 
 
 def test_cli_errors_are_one_line_with_non_zero_exit(bundle_dir: Path, tmp_path: Path) -> None:

@@ -31,7 +31,8 @@ S3_DEV = ROOT / "scripts" / "s3-dev"
 # Tiny but complete: every stage does real work in a second or two.
 TINY_PARAMS: dict[str, dict] = {
     "generate": {"users": 300, "interactions": 3000},
-    "als": {"factors": 8, "iterations": 2, "threads": 1},
+    "als": {"factors": 8, "iterations": 2},
+    "runtime": {"threads": 1},
 }
 WORKSPACE_DIRS = ("data", "models", "metrics")
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from stages.common import StageError
-from stages.time_split import time_split
+from recsys.errors import StageError
+from recsys.split import time_split
 
 
 def pair_set(m: sp.csr_matrix) -> set[tuple[int, int]]:

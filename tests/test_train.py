@@ -10,8 +10,10 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from stages.common import StageError, cpu_budget, save_csr
-from stages.train import AlsParams, fit_als, loss_csv, resolve_threads
+from recsys.errors import StageError
+from recsys.io import save_csr
+from recsys.models import AlsParams, fit_als, loss_csv
+from recsys.threads import cpu_budget, worker_threads
 from tests.conftest import run_module
 
 ALS = {
@@ -21,8 +23,8 @@ ALS = {
     "iterations": 4,
     "use_cg": True,
     "random_state": 11,
-    "threads": 1,
 }
+RUNTIME = {"threads": 1}
 
 
 def clustered_matrix(n_users: int = 300, n_items: int = 60, seed: int = 0) -> sp.csr_matrix:
@@ -39,11 +41,14 @@ def clustered_matrix(n_users: int = 300, n_items: int = 60, seed: int = 0) -> sp
     return m
 
 
-def project(tmp_path: Path, als: dict | None = None) -> Path:
+def project(tmp_path: Path, als: dict | None = None, runtime: dict | None = None) -> Path:
     """A minimal working directory for `python -m stages.train`: params + train matrix."""
     (tmp_path / "data").mkdir(parents=True, exist_ok=True)
     save_csr(tmp_path / "data" / "train.npz", clustered_matrix())
-    params = {"als": ALS if als is None else als}
+    params = {
+        "als": ALS if als is None else als,
+        "runtime": RUNTIME if runtime is None else runtime,
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
 
@@ -83,6 +88,7 @@ def test_stage_is_byte_identical_for_the_same_params(tmp_path: Path) -> None:
     repo = project(tmp_path)
     first = run_train(repo)
     assert first.returncode == 0, first.stderr
+    assert "threads=1:" in first.stdout  # runtime.threads from params.yaml
     model = (repo / "models" / "als.npz").read_bytes()
     loss = (repo / "metrics" / "train_loss.csv").read_text()
     second = run_train(repo)
@@ -115,8 +121,11 @@ def test_another_seed_gives_another_model(tmp_path: Path) -> None:
         ("alpha", 0, "als.alpha = 0"),
         ("iterations", 1.5, "als.iterations = 1.5"),
         ("use_cg", "yes", "als.use_cg = 'yes'"),
-        ("threads", -2, "als.threads = -2"),
         ("factor", 8, "unknown param als.factor"),
+        # the thread count is a runtime knob now, so it is no `als.*` param any more
+        ("threads", 1, "unknown param als.threads"),
+        ("runtime.threads", -2, "runtime.threads = -2"),
+        ("runtime.thread", 1, "unknown param runtime.thread"),
     ],
 )
 def test_bad_params_fail_in_one_line_and_keep_outputs(
@@ -125,7 +134,11 @@ def test_bad_params_fail_in_one_line_and_keep_outputs(
     repo = project(tmp_path)
     (repo / "models").mkdir()
     (repo / "models" / "als.npz").write_bytes(b"previous")
-    proc = run_train(project(tmp_path, {**ALS, key: value}))
+    if key.startswith("runtime."):
+        bad = project(tmp_path, runtime={**RUNTIME, key.removeprefix("runtime."): value})
+    else:
+        bad = project(tmp_path, {**ALS, key: value})
+    proc = run_train(bad)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
@@ -142,16 +155,16 @@ def test_empty_training_matrix_is_a_one_line_error(tmp_path: Path) -> None:
     ]
 
 
-def test_resolve_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RECSYS_THREADS", raising=False)
-    assert resolve_threads(3) == 3
-    assert resolve_threads(0) == cpu_budget()
+    assert worker_threads(3) == 3
+    assert worker_threads(0) == cpu_budget()
     monkeypatch.setenv("RECSYS_THREADS", "1")
-    assert resolve_threads(0) == 1
-    assert resolve_threads(2) == 2  # an explicit als.threads wins over the environment
+    assert worker_threads(0) == 1
+    assert worker_threads(2) == 2  # an explicit runtime.threads wins over the environment
     monkeypatch.setenv("RECSYS_THREADS", "many")
     with pytest.raises(StageError, match="RECSYS_THREADS"):
-        resolve_threads(0)
+        worker_threads(0)
 
 
 def test_loss_csv_format() -> None:
