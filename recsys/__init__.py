@@ -1,5 +1,10 @@
 """recsys: the library behind the seven pipeline stages (see README "Architecture").
 
 Stage modules in `stages/` only read their params, call functions here and write outputs;
-everything they compute lives in this package, one concern per module.
+everything they compute lives in this package, one concern per module. Importing it first
+pins the BLAS kernel (`recsys.blas`), so results are the same on every x86-64 CPU.
 """
+
+from recsys.blas import pin_kernel
+
+pin_kernel()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +47,6 @@ class ExportParams:
                 f"params.yaml: export.top_n = {self.top_n}; expected <= {n_items:,}, the "
                 f"number of items in {source}"
             )
-
-
-def library_versions() -> dict[str, str]:
-    names = ("implicit", "numpy", "scipy", "pandas")
-    return {name: importlib_metadata.version(name) for name in names}
 
 
 def build_bundle(

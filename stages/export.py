@@ -2,7 +2,8 @@
 
 from dataclasses import asdict
 
-from recsys.bundle import ExportParams, build_bundle, library_versions
+from recsys.blas import describe
+from recsys.bundle import ExportParams, build_bundle
 from recsys.cli import run_stage
 from recsys.errors import StageError
 from recsys.fallback import load_item_categories
@@ -31,7 +32,7 @@ def main() -> None:
         "params": {"als": asdict(als), "export": asdict(params)},
         "metrics": read_json(METRICS_JSON),
         "inputs_md5": {str(TRAIN): md5sum(TRAIN), str(MODEL): md5sum(MODEL)},
-        "created_by": library_versions(),
+        "platform": describe(),  # CPU architecture, BLAS kernels, library versions
     }
     categories = load_item_categories(ITEMS, item_ids)
     with atomic_dir(BUNDLE) as out:

@@ -168,7 +168,8 @@ def test_stage_writes_the_bundle_with_metadata(exported_repo: Path, tmp_path: Pa
     assert meta["params"]["export"] == {"top_n": TOP_N, "fallback_size": 15}
     assert meta["params"]["als"]["factors"] == 8
     assert set(meta["inputs_md5"]) == {"data/train.npz", "models/als.npz"}
-    assert {"implicit", "numpy", "scipy"} <= set(meta["created_by"])
+    assert {"implicit", "numpy", "scipy"} <= set(meta["platform"]["libraries"])
+    assert meta["platform"]["machine"] and meta["platform"]["blas"]
     # A second run from the same inputs (in another directory) gives the same bytes.
     repo = tmp_path / "again"
     shutil.copytree(exported_repo, repo)
