@@ -102,8 +102,17 @@ def committed_platform(rev: str) -> tuple[dict[str, Any] | None, str]:
     return platform, ""
 
 
+def reproduced_platform() -> dict[str, Any]:
+    """The platform the reproduced bundle records (this machine's, as its stages ran)."""
+    try:
+        platform = json.loads((ROOT / BUNDLE / "metadata.json").read_text()).get("platform")
+    except (OSError, ValueError):
+        platform = None
+    return platform if isinstance(platform, dict) else describe()
+
+
 def platform_lines(rev: str) -> list[str]:
-    here, (then, why) = describe(), committed_platform(rev)
+    here, (then, why) = reproduced_platform(), committed_platform(rev)
     if then is None:
         return [
             f"platform here: {json.dumps(here, sort_keys=True)}",
