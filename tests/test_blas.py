@@ -1,0 +1,99 @@
+"""Results do not depend on the CPU's BLAS kernel: every stage process pins one kernel.
+
+OpenBLAS picks a kernel per CPU and kernels round differently. Forcing a kernel with
+OPENBLAS_CORETYPE stands in for running on another CPU: with the pin, train, evaluate and
+export give byte-identical files under each; without it (`RECSYS_BLAS_KERNEL=native`) they
+do not, which shows this test can fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, make_repo_copy, run
+
+pytestmark = [
+    pytest.mark.dvc,
+    pytest.mark.skipif(platform.machine() != "x86_64", reason="kernel pinning is x86-64 only"),
+]
+
+KERNELS = ("Prescott", "Haswell", "SkylakeX", "Zen")
+MODEL_OUTPUTS = (
+    "models/als.npz",
+    "metrics/train_loss.csv",
+    "metrics/metrics.json",
+    "metrics/ranking_at_k.csv",
+    "models/bundle/factors.npz",
+    "models/bundle/recommendations.npz",
+    "models/bundle/metadata.json",
+)
+
+
+def model_stages(repo: Path, **env: str) -> dict[str, str]:
+    """Run train, evaluate and export in one fresh process (the kernel is chosen when it
+    starts, as in each DVC stage process); md5 of each output they write."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS", "RECSYS"))}
+    environment |= {"PYTHONPATH": str(repo), "RECSYS_THREADS": "1", **env}
+    code = (
+        "from recsys.cli import run_stage\n"
+        "from stages import evaluate, export, train\n"
+        "for stage in (train, evaluate, export):\n"
+        "    run_stage(stage.main)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=repo,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"under {env}: {proc.stderr}"
+    return {p: hashlib.md5((repo / p).read_bytes()).hexdigest() for p in MODEL_OUTPUTS}
+
+
+@pytest.fixture(scope="module")
+def split_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = make_repo_copy(tmp_path_factory.mktemp("blas") / "repo")
+    run(["dvc", "repro", "mask"], repo)
+    return repo
+
+
+def test_pinned_kernel_gives_identical_outputs_under_every_forced_kernel(split_repo: Path) -> None:
+    results = {kernel: model_stages(split_repo, OPENBLAS_CORETYPE=kernel) for kernel in KERNELS}
+    reference = results[KERNELS[0]]
+    for kernel, hashes in results.items():
+        assert hashes == reference, f"{kernel} differs from {KERNELS[0]}"
+
+
+def test_without_the_pin_kernels_differ(split_repo: Path, tmp_path: Path) -> None:
+    """The control: the problem is real on this data, so the test above can fail."""
+    repo = tmp_path / "native"
+    shutil.copytree(split_repo, repo)
+    native = {
+        kernel: model_stages(repo, OPENBLAS_CORETYPE=kernel, RECSYS_BLAS_KERNEL="native")
+        for kernel in ("Prescott", "SkylakeX")
+    }
+    assert native["Prescott"]["models/als.npz"] != native["SkylakeX"]["models/als.npz"]
+
+
+def test_a_stage_process_runs_the_pinned_kernel() -> None:
+    code = (
+        "import recsys, numpy, scipy.linalg\n"
+        "from threadpoolctl import threadpool_info\n"
+        "print(sorted({i['architecture'] for i in threadpool_info() if i['user_api'] == 'blas'}))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS")}
+    env |= {"PYTHONPATH": str(ROOT), "OPENBLAS_CORETYPE": "Prescott"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "['Haswell']"
