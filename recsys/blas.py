@@ -4,9 +4,11 @@ numpy and scipy ship OpenBLAS built for many CPUs at once (DYNAMIC_ARCH) and pic
 when they load; kernels round differently, so the same params gave another `models/als.npz`
 and metrics differing in the fifth decimal on another CPU. `pin_kernel()` runs from
 `recsys/__init__.py`, before numpy or scipy load in a stage process, and sets
-`OPENBLAS_CORETYPE` to `PINNED_KERNEL`, which every x86-64 CPU runs. `RECSYS_BLAS_KERNEL`
-overrides it: another OpenBLAS core name, or `native` to keep OpenBLAS's own choice (faster
-on a new CPU, but no longer byte-identical to other machines).
+`OPENBLAS_CORETYPE` to `PINNED_KERNEL` (AVX2 + FMA: every x86-64 CPU since 2013 and every
+CI runner). A CPU without those gets `FALLBACK_KERNEL` (SSE4.2, which numpy itself needs)
+instead of a crash; its results are then its own, and the bundle's platform record says so.
+`RECSYS_BLAS_KERNEL` overrides both: another OpenBLAS core name, or `native` to keep
+OpenBLAS's own choice (faster on a new CPU, but no longer byte-identical to other machines).
 """
 
 from __future__ import annotations
@@ -17,8 +19,16 @@ import sys
 from typing import Any
 
 PINNED_KERNEL = "Haswell"
+FALLBACK_KERNEL = "Nehalem"
 OVERRIDE = "RECSYS_BLAS_KERNEL"
 NATIVE = "native"
+# OpenBLAS core names for x86-64 (it silently ignores an unknown one, so we check).
+KNOWN = {
+    "katmai", "coppermine", "northwood", "prescott", "banias", "core2", "penryn",
+    "dunnington", "nehalem", "atom", "sandybridge", "haswell", "zen", "skylakex",
+    "cooperlake", "sapphirerapids", "athlon", "opteron", "barcelona", "bobcat", "bulldozer",
+    "piledriver", "steamroller", "excavator", "nano",
+}  # fmt: skip
 
 
 def pin_kernel() -> str | None:
@@ -29,12 +39,36 @@ def pin_kernel() -> str | None:
     """
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
-    wanted = os.environ.get(OVERRIDE, "").strip() or PINNED_KERNEL
+    wanted = os.environ.get(OVERRIDE, "").strip() or _default_kernel()
     if wanted.lower() == NATIVE:
         return None
     if "numpy" not in sys.modules and "scipy" not in sys.modules:
         os.environ["OPENBLAS_CORETYPE"] = wanted
     return wanted
+
+
+def check_override() -> None:
+    """Refuse a `RECSYS_BLAS_KERNEL` OpenBLAS would silently ignore (a typo)."""
+    from recsys.errors import StageError
+
+    wanted = os.environ.get(OVERRIDE, "").strip()
+    if wanted and wanted.lower() not in KNOWN | {NATIVE}:
+        raise StageError(
+            f"{OVERRIDE}={wanted!r}; expected native or an OpenBLAS core name such as "
+            f"{PINNED_KERNEL} or {FALLBACK_KERNEL}"
+        )
+
+
+def _default_kernel() -> str:
+    """`PINNED_KERNEL` unless the CPU visibly lacks its instructions (Linux tells)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return PINNED_KERNEL
+    if flags and not {"avx2", "fma"} <= set(flags):
+        return FALLBACK_KERNEL
+    return PINNED_KERNEL
 
 
 def describe() -> dict[str, Any]:

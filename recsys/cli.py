@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
+from recsys.blas import check_override
 from recsys.errors import EXIT_USER_ERROR, StageError
 from recsys.io import atomic_outputs
 
@@ -20,6 +21,7 @@ T = TypeVar("T")
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's `main()`, mapping user errors to one stderr line and a non-zero exit."""
     try:
+        check_override()
         with atomic_outputs():
             main()
     except StageError as exc:

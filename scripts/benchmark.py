@@ -28,12 +28,16 @@ STAGES = ["generate", "confidence", "matrix", "mask", "train", "evaluate", "expo
 DATA_STAGES = STAGES[:4]
 
 
-def run_stage(stage: str, cwd: Path) -> tuple[float, float, str]:
+def run_stage(stage: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Run one stage; return (wall seconds, peak RSS in MiB, stdout) of that process alone."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", f"stages.{stage}"], cwd=cwd, stdout=out, stderr=err
+            [sys.executable, "-m", f"stages.{stage}"],
+            cwd=cwd,
+            stdout=out,
+            stderr=err,
+            env={**os.environ, **(env or {})},
         )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
@@ -129,6 +133,24 @@ def recommend_latency(repo: Path, calls: int = 2000) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def blas_cost(repo: Path, kernels: list[str], repeat: int) -> None:
+    """Wall seconds of train, evaluate and export under each BLAS kernel (best of `repeat`),
+    and the ratio to the first (e.g. native), measured in the same run on the same data."""
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(repeat):  # interleaved, so background load hits every kernel alike
+        for kernel in kernels:
+            for stage in ("train", "evaluate", "export"):
+                wall = run_stage(stage, repo, {"RECSYS_BLAS_KERNEL": kernel})[0]
+                times = best.setdefault(kernel, {})
+                times[stage] = min(times.get(stage, float("inf")), wall)
+    base = best[kernels[0]]
+    print(f"\nBLAS kernels (best of {repeat}; ratio to {kernels[0]}):")
+    print(f"{'kernel':<12}" + "".join(f"{s:>20}" for s in ("train", "evaluate", "export")))
+    for kernel in kernels:
+        cells = [f"{best[kernel][s]:8.2f} s ({best[kernel][s] / base[s]:4.2f}x)" for s in base]
+        print(f"{kernel:<12}" + "".join(f"{c:>20}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, nargs="+", default=[1])
@@ -136,6 +158,13 @@ def main() -> None:
         "--data-only", action="store_true", help="only generate/confidence/matrix/mask"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    parser.add_argument(
+        "--kernels",
+        nargs="+",
+        metavar="KERNEL",
+        help="only time train/evaluate/export under each RECSYS_BLAS_KERNEL "
+        "(e.g. native Haswell Nehalem): the cost of pinning one BLAS kernel",
+    )
     parser.add_argument(
         "--repeat", type=int, default=3, help="train and bare fit() runs; the best counts"
     )
@@ -154,6 +183,11 @@ def main() -> None:
             print(f"{'stage':<12}{'wall s':>10}{'peak MiB':>12}")
             walls: dict[str, float] = {}
             outputs: dict[str, str] = {}
+            if args.kernels:
+                for stage in DATA_STAGES:
+                    run_stage(stage, repo)
+                blas_cost(repo, args.kernels, args.repeat)
+                continue
             for stage in stages:
                 wall, rss, outputs[stage] = run_stage(stage, repo)
                 walls[stage] = wall

@@ -97,3 +97,22 @@ def test_a_stage_process_runs_the_pinned_kernel() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "['Haswell']"
+
+
+def test_a_misspelt_kernel_is_one_line(tmp_path: Path) -> None:
+    """OpenBLAS silently ignores an unknown core name; a stage refuses it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS")}
+    env |= {"PYTHONPATH": str(ROOT), "RECSYS_BLAS_KERNEL": "Haswel"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.confidence"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "error: RECSYS_BLAS_KERNEL='Haswel'; expected native or an OpenBLAS core name such as "
+        "Haswell or Nehalem\n"
+    )
