@@ -139,3 +139,26 @@ def dvc(repo_copy: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         return run(["dvc", *args], repo_copy, check=check)
 
     return _dvc
+
+
+@pytest.fixture(scope="session")
+def reproduced_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One small copy reproduced by `dvc repro` and committed, shared by the dvc tests;
+    they work on their own copies of it (`reproduced_copy`). Returns (repo, repro output)."""
+    repo = make_repo_copy(tmp_path_factory.mktemp("template") / "repo")
+    proc = run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "reproduced"], repo)
+    return repo, proc.stdout + proc.stderr
+
+
+def copy_reproduced(template: Path, dest: Path) -> Path:
+    """A copy of the reproduced repository (git history, DVC cache, outputs) at `dest`."""
+    shutil.copytree(template, dest, symlinks=True)
+    return dest
+
+
+@pytest.fixture
+def reproduced_copy(reproduced_template: tuple[Path, str], tmp_path: Path) -> Path:
+    """A private copy of the reproduced small repository, free to change."""
+    return copy_reproduced(reproduced_template[0], tmp_path / "repo")

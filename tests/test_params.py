@@ -10,7 +10,7 @@ from recsys.errors import StageError
 from recsys.models import AlsParams
 from recsys.params import Section, load, read_params_file
 from recsys.threads import RuntimeParams
-from tests.conftest import ROOT, make_repo_copy, run
+from tests.conftest import ROOT, run
 
 ALS = """als:
   factors: 8
@@ -83,9 +83,9 @@ def test_every_section_of_the_shipped_params_is_valid() -> None:
 
 
 @pytest.mark.dvc
-def test_dvc_and_the_stage_agree_on_exponent_notation(tmp_path: Path) -> None:
+def test_dvc_and_the_stage_agree_on_exponent_notation(reproduced_copy: Path) -> None:
     """Through the real CLI: `dvc params diff` shows 0.001 and train accepts the value."""
-    repo = make_repo_copy(tmp_path / "repo")
+    repo = reproduced_copy
     text = (
         (repo / "params.yaml").read_text().replace("regularization: 0.01", "regularization: 1e-3")
     )
