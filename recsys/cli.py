@@ -39,6 +39,12 @@ def run_stage(main: Callable[[], None]) -> None:
         sys.exit(1)
 
 
+def status(message: str) -> None:
+    """One line on stderr when it is a terminal: what a long stage is doing now."""
+    if sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)
+
+
 def progress(steps: Iterable[T], total: int, label: str) -> Iterator[T]:
     """Yield `steps`, drawing a progress bar on a terminal only (logs stay quiet).
 

@@ -53,6 +53,7 @@ import pandas as pd
 import pyarrow as pa
 from scipy.special import ndtr, ndtri
 
+from recsys.cli import status
 from recsys.errors import StageError
 from recsys.io import atomic_outputs, write_csv
 from recsys.params import Section
@@ -504,6 +505,7 @@ def build_shop(settings: ShopParams) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     )
     catalogue = build_catalogue(rng_items)
     users = build_users(rng_users, settings.users, settings.store_user_share)
+    status(f"generate: simulating {settings.interactions:,} events...")
     events = simulate(
         catalogue, users, settings.interactions, settings.start, settings.days, rng_events
     )
@@ -513,6 +515,7 @@ def build_shop(settings: ShopParams) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
 def write_outputs(catalogue: pd.DataFrame, users: pd.DataFrame, events: pd.DataFrame) -> None:
     """Write the three tables; none replaces its previous version unless all were written."""
     items = catalogue.assign(PRICE=[f"{p:.2f}" for p in catalogue["PRICE"].tolist()])
+    status(f"generate: writing {INTERACTIONS}, {ITEMS}, {USERS}...")
     with atomic_outputs():
         for frame, path in ((events, INTERACTIONS), (items, ITEMS), (users, USERS)):
             write_csv(pa.Table.from_pandas(frame, preserve_index=False), path)
