@@ -7,8 +7,8 @@ and metrics differing in the fifth decimal on another CPU. `pin_kernel()` runs f
 `OPENBLAS_CORETYPE` to `PINNED_KERNEL` (AVX2 + FMA: every x86-64 CPU since 2013 and every
 CI runner). A CPU without those gets `FALLBACK_KERNEL` (SSE4.2, which numpy itself needs)
 instead of a crash; its results are then its own, and the bundle's platform record says so.
-`RECSYS_BLAS_KERNEL` overrides both: another OpenBLAS core name, or `native` to keep
-OpenBLAS's own choice (faster on a new CPU, but no longer byte-identical to other machines).
+`RECSYS_BLAS_KERNEL` overrides both: another OpenBLAS core name, or `native` to leave
+OpenBLAS alone (faster on a new CPU, but no longer byte-identical to other machines).
 """
 
 from __future__ import annotations

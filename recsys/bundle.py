@@ -213,8 +213,11 @@ def _check_files(path: Path, metadata: dict[str, Any]) -> None:
     """Every file the export wrote, unchanged: a truncated or swapped file is refused here,
     not discovered by a user as odd recommendations."""
     recorded = metadata.get("files_md5")
-    if not isinstance(recorded, dict) or not recorded:
-        raise StageError(f"{path}/metadata.json: no files_md5; re-run export")
+    files = {*_REQUIRED, "factors.npz"}
+    if not isinstance(recorded, dict) or not files <= set(recorded):
+        raise StageError(
+            f"{path}/metadata.json: files_md5 must list {', '.join(sorted(files))}; re-run export"
+        )
     for name, expected in sorted(recorded.items()):
         file = path / Path(str(name)).name
         if not file.is_file():

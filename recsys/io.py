@@ -147,7 +147,8 @@ def write_csv(table: Any, path: Path | str) -> None:
         values = column.combine_chunks()
         if pa.types.is_dictionary(values.type):
             values = values.dictionary
-        if pa.types.is_string(values.type) and len(values):
+        textual = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+        if textual and len(values):
             needs_quotes |= pc.any(pc.match_substring_regex(values, r'[,"\r\n]')).as_py()
     style = "needed" if needs_quotes else "none"
     with atomic_path(path) as tmp:
@@ -163,18 +164,38 @@ def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def publish_json(path: Path | str, obj: Any) -> None:
-    """Replace `path` with JSON right now, outside the stage's output transaction.
+@contextlib.contextmanager
+def live_json(path: Path | str) -> Iterator[Callable[[Any], None]]:
+    """Yield a `publish(obj)` that replaces `path` with JSON at once, outside the stage's
+    output transaction, for progress that others watch while the stage runs (`dvc exp show`
+    reads a queued experiment's metrics files as they change).
 
-    For progress that others watch while the stage runs (`dvc exp show` reads a queued
-    experiment's metrics files as they change); each replace is still atomic.
+    If the block fails, `path` gets its previous bytes back (or goes, if it was new), so a
+    failed stage leaves no progress record that looks like a finished run.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    _replace_file(Path(tmp), path)
+    previous = path.read_bytes() if path.is_file() else None
+
+    def publish(obj: Any) -> None:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            _replace_file(Path(tmp), path)
+        except BaseException:
+            _discard(Path(tmp))
+            raise
+
+    try:
+        yield publish
+    except BaseException:
+        if previous is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(previous)
+        raise
 
 
 def read_json(path: Path | str) -> Any:

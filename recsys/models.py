@@ -133,6 +133,11 @@ def fit_als(
 
     def callback(iteration: int, elapsed: float, loss: float | None) -> None:
         if als.track_loss:
+            if not np.isfinite(loss):
+                raise StageError(
+                    f"ALS failed (loss {loss} after iteration {iteration + 1}); "
+                    f"{fit_hint(train, als)}"
+                )
             losses.append(float(loss))
         if on_iteration is not None:
             on_iteration(iteration + 1, losses[-1] if als.track_loss else None)

@@ -78,7 +78,7 @@ def worker_threads(requested: int = 0) -> int:
         return requested
     env = os.environ.get("RECSYS_THREADS", "").strip()
     if env:
-        if not env.isdigit() or int(env) < 1:
-            raise StageError(f"RECSYS_THREADS={env!r}; expected a positive integer")
+        if not (env.isascii() and env.isdigit()) or not 1 <= int(env) <= 1024:
+            raise StageError(f"RECSYS_THREADS={env!r}; expected an integer in [1, 1024]")
         return int(env)
     return max(1, cpu_budget() // queue_workers())

@@ -4,7 +4,7 @@ import sys
 import time
 
 from recsys.cli import run_stage
-from recsys.io import load_csr, publish_json, write_npz, write_text
+from recsys.io import live_json, load_csr, write_npz, write_text
 from recsys.models import AlsParams, check_train, fit_als, loss_csv, slow_fit_warning
 from recsys.params import load
 from recsys.paths import MODEL, TRAIN, TRAIN_LOSS, TRAIN_PROGRESS
@@ -19,15 +19,17 @@ def main() -> None:
     if warning:
         print(warning, file=sys.stderr, flush=True)
 
-    def report(iteration: int, loss: float | None) -> None:  # live in `dvc exp show`
-        done = {"iteration": iteration, "iterations": als.iterations}
-        publish_json(TRAIN_PROGRESS, done if loss is None else done | {"loss": round(loss, 8)})
+    with live_json(TRAIN_PROGRESS) as publish:  # live in `dvc exp show`; undone on failure
 
-    report(0, None)
-    start = time.perf_counter()
-    users, items, losses = fit_als(train, als, threads, on_iteration=report)
-    write_npz(MODEL, user_factors=users, item_factors=items)
-    write_text(TRAIN_LOSS, loss_csv(losses))
+        def report(iteration: int, loss: float | None) -> None:
+            done = {"iteration": iteration, "iterations": als.iterations}
+            publish(done if loss is None else done | {"loss": round(loss, 8)})
+
+        report(0, None)
+        start = time.perf_counter()
+        users, items, losses = fit_als(train, als, threads, on_iteration=report)
+        write_npz(MODEL, user_factors=users, item_factors=items)
+        write_text(TRAIN_LOSS, loss_csv(losses))
     print(
         f"train: {train.shape[0]:,} users x {train.shape[1]:,} items, {train.nnz:,} pairs, "
         f"factors={als.factors} iterations={als.iterations} threads={threads}: "

@@ -360,12 +360,25 @@ def test_null_optional_paths_mean_no_file() -> None:
     assert cfg == ImportParams(Path("events/log.csv.gz"), None, None, "auto")
 
 
-def test_a_link_out_of_events_is_refused(workdir: Path) -> None:
-    outside = workdir / "outside.csv"
+def test_a_link_out_of_the_repository_is_refused(
+    workdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    outside = tmp_path_factory.mktemp("elsewhere") / "outside.csv"
     shutil.copy("events/events_valid.csv", outside)
     os.symlink(outside, "events/link.csv")
-    with pytest.raises(StageError, match="is a link to a file outside events/"):
+    with pytest.raises(StageError, match="is a link to a file outside the repository"):
         read_params({"interactions_file": "events/link.csv"})
+
+
+def test_a_link_into_the_dvc_cache_is_accepted(workdir: Path) -> None:
+    """`dvc add events/log.csv` with `cache.type: symlink` leaves such a link."""
+    cached = Path(".dvc/cache/files/md5/ab/cdef")
+    cached.parent.mkdir(parents=True)
+    shutil.copy("events/events_valid.csv", cached)
+    os.symlink(Path("../.dvc/cache/files/md5/ab/cdef"), "events/log.csv")
+    assert read_params({"interactions_file": "events/log.csv"}).interactions_file == Path(
+        "events/log.csv"
+    )
 
 
 # --------------------------------------------------------------------------- CLI

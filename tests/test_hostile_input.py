@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 import yaml
@@ -258,7 +259,8 @@ def test_min_history_too_large_names_the_param() -> None:
 # --------------------------------------------------------------------------- 6. bundle
 
 
-def test_a_truncated_factors_npz_is_refused_by_recommend(tmp_path: Path) -> None:
+def tiny_bundle(tmp_path: Path) -> Path:
+    """A real bundle from build_bundle: 40 users, 12 items, 4 factors."""
     rng = np.random.default_rng(0)
     train = sp.random(40, 12, density=0.3, format="csr", dtype=np.float32, rng=1)
     model = model_from_factors(rng.random((40, 4)), rng.random((12, 4)), threads=1)
@@ -267,6 +269,11 @@ def test_a_truncated_factors_npz_is_refused_by_recommend(tmp_path: Path) -> None
     users = np.array([f"u{k}" for k in range(40)])
     items = np.array([f"i{k}" for k in range(12)])
     build_bundle(bundle, model, train, users, items, None, ExportParams(5, 5), {})
+    return bundle
+
+
+def test_a_truncated_factors_npz_is_refused_by_recommend(tmp_path: Path) -> None:
+    bundle = tiny_bundle(tmp_path)
     assert load_bundle(bundle).recommend("u1", 3)  # a sound bundle answers
     factors = bundle / "factors.npz"
     factors.write_bytes(factors.read_bytes()[: factors.stat().st_size // 2])
@@ -356,3 +363,35 @@ def test_numeric_looking_ids_stay_text(tmp_path: Path) -> None:
     assert pairs["USER_ID"].tolist() == ["007", "7"]
     assert pairs["ITEM_ID"].tolist() == ["01", "1"]
     assert pairs["CONFIDENCE"].tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("value", ["²", "0", "5000", "two"])
+def test_recsys_threads_out_of_range_is_one_line(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys.threads import worker_threads
+
+    monkeypatch.setenv("RECSYS_THREADS", value)
+    expected = r"^RECSYS_THREADS=.*; expected an integer in \[1, 1024\]$"
+    with pytest.raises(StageError, match=expected):
+        worker_threads()
+
+
+def test_csv_values_that_need_quotes_round_trip(tmp_path: Path) -> None:
+    """pandas 3 gives pyarrow large_string columns, which the quoting check used to skip."""
+    from recsys.io import atomic_outputs, write_csv
+
+    frame = pd.DataFrame({"ITEM_ID": ["a,b", 'say "hi"', "plain"], "N": [1, 2, 3]})
+    with atomic_outputs():
+        write_csv(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "t.csv")
+    back = pd.read_csv(tmp_path / "t.csv", dtype=str, keep_default_na=False)
+    assert back["ITEM_ID"].tolist() == frame["ITEM_ID"].tolist()
+
+
+def test_a_bundle_whose_metadata_skips_a_file_is_refused(tmp_path: Path) -> None:
+    bundle = tiny_bundle(tmp_path)
+    meta = json.loads((bundle / "metadata.json").read_text())
+    del meta["files_md5"]["recommendations.npz"]
+    (bundle / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(StageError, match="files_md5 must list factors.npz, ids.npz"):
+        load_bundle(bundle)
