@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: setup repro test test-all lint format bench clean-venv
+.PHONY: setup repro test test-all lint format bench fidelity clean-venv
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,10 @@ format: setup
 
 bench: setup
 	python scripts/benchmark.py
+
+# the synthetic shop next to the reference's figures, for three seeds (about 15 minutes)
+fidelity: setup
+	python scripts/fidelity.py --seeds 42 7 2024
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,30 +4,30 @@ This rebuilds the reference retail shop (the Retail Demo
 Store data behind the article) from its published facts, in a few vectorised numpy passes
 instead of a Python loop per event:
 
-* Catalogue: 2,449 web products in 16 categories with the reference's exact per-category
-  counts, plus 16 convenience-store items in 4 categories (20 categories, 2,465 items, 85
-  styles). Apparel, footwear, beauty, jewelry and accessories carry a gender affinity on
-  749 products. Prices are lognormal per category, clipped to [1.10, 1858.99]. Ids are
-  UUIDs drawn from the seed.
+* Catalogue: 2,449 web products in 16 categories and 74 styles with the reference's exact
+  counts per category and per style, plus the 16 convenience-store items in 4 categories and
+  11 styles (2,465 items, 85 styles). 749 products carry a gender affinity, with the
+  reference's F/M counts per category; 609 are promoted. Prices are lognormal per category,
+  clipped to [1.10, 1858.99]. Ids are UUIDs drawn from the seed.
 * Users: ids "1".."N", web users first, then `store_user_share` convenience-store users.
   Uniform gender, truncated-normal age (mean 32, sd 15, 18..100), a uniform discount
   persona, and a persona: web users one of 16 ordered category triples
-  (`furniture_homedecor_housewares`), store users one of 9 `category:style` triples joined
-  by `_` (`food service:pizza_cold dispensed:fountain-carbonated_salty snacks:nuts/seeds`).
+  (`furniture_homedecor_housewares`), store users one of the reference's 9 `category:style`
+  triples joined by `_` (`food service:pizza_cold dispensed:fountain-carbonated_salty
+  snacks:nuts/seeds`).
 * Picks: a user drawn uniformly with replacement; one of the persona's three slots with
-  probability [0.6, 0.25, 0.15] x the slot category's catalogue share (renormalised); a
-  product of that category whose gender affinity is empty or the user's. The first pick of
-  a (user, category) anchors an affinity clique of 4-5 neighbouring products of the same
-  style; later picks of that pair come only from the clique. Store slots are a style, so
-  their clique is the whole (tiny) style.
-* Views: each pick writes 1-4 Views, one more for each of "the product has fewer than half
-  the picks of the most picked product so far", "fewer than the average so far" and "the
-  fewest so far". Popular items (the store's) get 1-2, the long tail 3-4, which balances
-  coverage as in the reference. Counting picks, not views, keeps every pick's view count
-  a function of earlier picks only, so the whole loop becomes sorts and scans.
-* Funnel: global quotas of AddToCart 8%, ViewCart 5%, StartCheckout 2% and Purchase 1% of
-  Views, nested (every Purchase follows a StartCheckout, ...) and placed after random Views
-  of the same user and product, a few seconds apart.
+  probability [0.6, 0.25, 0.15] x the slot category's catalogue share (renormalised); for a
+  web user a product of that category whose gender affinity is empty or the user's. Each
+  (category, gender) pool gets its own random affinity structure (`affinity_structure`):
+  the first pick of a (user, category) fixes the clique of its later picks there, that
+  product plus 4 at consecutive positions of a random cyclic order, so a clique crosses
+  styles and M and F users of a category follow different cliques. A store user picks
+  uniformly within the slot's style (1-3 items).
+* Views: each pick writes 1-4 interaction sets (a View each) by the reference's balancing
+  rule (`views_per_pick`): popular items (the store's) get 1-2, the long tail 3-4.
+* Funnel: after every View each funnel type fires while its count is below int(share x
+  Views so far), shares 8, 5, 2 and 1% (`funnel_views`): each type on its own rhythm, on the
+  View's (user, product), a few seconds after it.
 * DISCOUNT: Yes with probability 0.2 (discount_indifferent), 0.5 (all_discounts) or, for
   lower_priced_products, 0.5 below the catalogue's mean price and 0.2 above; funnel events
   inherit their View's value.
@@ -35,9 +35,10 @@ instead of a Python loop per event:
   step whose mean makes the log span 80% of the window (72 of 90 days, as the reference).
 
 The row count is exactly `interactions`; rows are sorted by timestamp (ties in generation
-order). At 100k users and 800k rows the statistics match the reference (event mix, ~94% of
-users active, ~2.5 distinct items per user, 58/25/16% of web rows in persona categories 1/2/3,
-store users 10% of users and ~5% of rows); `tests/test_generate.py` checks them.
+order). At 100k users and 800k rows every figure of the reference's fidelity table is matched (event
+mix, users active, items per user, co-occurrence spread, M/F clique overlap, funnel and
+confidence shapes, held-out MAP of ALS, item-kNN and most popular): `scripts/fidelity.py`
+prints them, `tests/test_generate.py` checks what holds at 20k users.
 
 With `generate.source: files` the stage imports your own logs instead (`recsys.events`).
 """
@@ -60,56 +61,108 @@ from recsys.params import Section
 from recsys.paths import INTERACTIONS, ITEMS, USERS
 
 EVENT_TYPES = ["View", "AddToCart", "ViewCart", "StartCheckout", "Purchase"]
-# Global funnel quotas, as shares of all Views (AddToCart, ViewCart, StartCheckout, Purchase).
+# Funnel quotas as shares of the Views so far (AddToCart, ViewCart, StartCheckout, Purchase).
 FUNNEL_SHARES = (0.08, 0.05, 0.02, 0.01)
-FUNNEL_STEP_SECONDS = (1, 30)  # each funnel step lands this many seconds after the previous
+FUNNEL_STEP_SECONDS = (1, 30)  # a funnel event lands this many seconds after the previous row
 SLOT_WEIGHTS = np.array([0.6, 0.25, 0.15])
-CLIQUE_SIZES = (4, 5)
+CLIQUE_WINDOW = 4  # a clique is its first product plus this many of a random cyclic order
 ACTIVE_SHARE = 0.8  # share of the `days` window the log spans (72 of 90 days)
-GENDERED_PRODUCTS = 749
+PROMOTED_PRODUCTS = 609
 PRICE_BOUNDS = (1.10, 1858.99)
 PRICE_SIGMA = 0.65  # log-price spread within a category
 AGE_MEAN, AGE_SD, AGE_BOUNDS = 32.0, 15.0, (18, 100)
 DISCOUNT_PERSONAS = ["discount_indifferent", "all_discounts", "lower_priced_products"]
 GENDERS = ["F", "M"]
 
-# category -> (products, median price, styles); the product counts are the reference's.
-WEB_CATEGORIES: dict[str, tuple[int, float, tuple[str, ...]]] = {
-    "furniture": (245, 196.0, ("sofa", "chair", "table", "bed", "bookcase", "desk", "dresser")),
-    "apparel": (231, 54.0, ("shirt", "jacket", "pants", "dress", "sweater", "socks")),
-    "accessories": (228, 50.0, ("backpack", "handbag", "belt", "wallet", "sunglasses", "hat")),
-    "housewares": (217, 46.0, ("kitchen", "bathroom", "cleaning", "storage", "dining")),
-    "seasonal": (217, 39.0, ("christmas", "halloween", "easter", "summer")),
-    "groceries": (195, 13.0, ("fruits", "vegetables", "dairy", "bakery", "snacks", "beverages")),
-    "homedecor": (194, 86.0, ("lighting", "rugs", "wall art", "vases", "bedding")),
-    "footwear": (188, 104.0, ("sneakers", "boots", "sandals", "formal shoes")),
-    "instruments": (167, 275.0, ("guitars", "keyboards", "drums", "wind", "strings")),
-    "floral": (127, 60.0, ("bouquets", "plants", "wreaths", "arrangements")),
-    "electronics": (104, 196.0, ("headphones", "speakers", "cameras", "computers")),
-    "outdoors": (92, 126.0, ("camping", "fishing", "cycling", "hiking")),
-    "jewelry": (90, 150.0, ("necklaces", "bracelets", "earrings", "rings")),
-    "beauty": (60, 41.0, ("makeup", "fragrance", "skincare", "haircare")),
-    "tools": (59, 95.0, ("power tools", "hand tools", "gardening", "measuring")),
-    "books": (35, 32.0, ("fiction", "cooking", "travel", "children")),
+# category -> (median price, {style: products}, (F, M) products with a gender affinity);
+# the counts are the reference's.
+WEB_CATEGORIES: dict[str, tuple[float, dict[str, int], tuple[int, int]]] = {
+    "furniture": (196.0, {"chairs": 72, "dressers": 32, "sofas": 49, "tables": 92}, (0, 0)),
+    "apparel": (54.0, {"jacket": 81, "scarf": 53, "shirt": 67, "socks": 30}, (115, 116)),
+    "accessories": (
+        50.0,
+        {"backpack": 48, "bag": 21, "belt": 38, "glasses": 59, "handbag": 38, "watch": 24},
+        (127, 80),
+    ),
+    "housewares": (46.0, {"bowls": 54, "consumable": 1, "kitchen": 160, "salon": 2}, (0, 0)),
+    "seasonal": (39.0, {"christmas": 92, "easter": 42, "halloween": 46, "valentine": 37}, (0, 0)),
+    "groceries": (
+        13.0,
+        {"bakery": 54, "dairy": 21, "fruits": 27, "meat": 31, "seafood": 21, "vegetables": 41},
+        (0, 0),
+    ),
+    "homedecor": (
+        86.0,
+        {"bedroom": 1, "clock": 29, "cushion": 46, "decorative": 65, "lighting": 53},
+        (1, 0),
+    ),
+    "footwear": (104.0, {"boot": 30, "formal": 79, "sandals": 31, "sneaker": 48}, (90, 98)),
+    "instruments": (
+        275.0,
+        {"keys": 33, "microphone": 18, "percussion": 40, "strings": 61, "wind": 15},
+        (0, 0),
+    ),
+    "floral": (
+        60.0,
+        {"arrangement": 36, "bouquet": 24, "centerpiece": 9, "plant": 42, "wreath": 16},
+        (0, 0),
+    ),
+    "electronics": (
+        196.0,
+        {
+            "cable": 12,
+            "camera": 36,
+            "computer": 6,
+            "headphones": 16,
+            "keyboard": 4,
+            "speaker": 21,
+            "television": 9,
+        },  # fmt: skip
+        (1, 0),
+    ),
+    "outdoors": (126.0, {"camping": 25, "fishing": 37, "kayaking": 12, "pet": 18}, (0, 0)),
+    "jewelry": (150.0, {"bracelet": 37, "earrings": 23, "necklace": 30}, (71, 19)),
+    "beauty": (41.0, {"bathing": 19, "grooming": 41}, (26, 5)),
+    "tools": (
+        95.0,
+        {
+            "axe": 2,
+            "drill": 6,
+            "hammer": 7,
+            "knife": 3,
+            "plier": 7,
+            "saw": 13,
+            "screwdriver": 3,
+            "set": 8,
+            "wrench": 10,
+        },  # fmt: skip
+        (0, 0),
+    ),
+    "books": (32.0, {"cooking": 15, "travel": 20}, (0, 0)),
 }
-GENDER_CATEGORIES = ("apparel", "footwear", "beauty", "jewelry", "accessories")
-# Convenience store: category -> style -> (item name, price); 16 items.
+# Convenience store: category -> style -> (item name, price); 16 items in 11 styles.
 STORE_ITEMS: dict[str, dict[str, tuple[tuple[str, float], ...]]] = {
-    "food service": {
-        "pizza": (("Pepperoni pizza slice", 3.49), ("Cheese pizza slice", 2.99)),
-        "roller grill": (("Hot dog", 1.99), ("Beef taquito", 1.49), ("Sausage roll", 2.29)),
-        "sandwiches": (("Turkey sandwich", 4.99), ("Ham and cheese sandwich", 4.49)),
-        "bakery": (("Glazed donut", 1.29),),
-    },
-    "salty snacks": {
-        "chips": (("Potato chips", 1.99), ("Tortilla chips", 2.19)),
-        "nuts/seeds": (("Salted peanuts", 1.79), ("Sunflower seeds", 1.10)),
-    },
     "cold dispensed": {
-        "fountain-carbonated": (("Cola fountain drink", 1.69), ("Lemon-lime fountain drink", 1.69)),
-        "fountain-noncarbonated": (("Iced tea fountain drink", 1.59),),
+        "fountain-carbonated": (("Cola fountain drink", 1.69),),
+        "fountain-non-carbonated": (("Iced tea fountain drink", 1.59), ("Lemonade", 1.79)),
     },
-    "hot dispensed": {"coffee": (("Fresh brewed coffee", 1.39),)},
+    "food service": {
+        "nachos": (("Nachos with cheese", 3.49),),
+        "other cuisine": (("Chicken burrito", 4.99),),
+        "pizza": (("Pepperoni pizza slice", 2.99),),
+        "sandwiches/wraps": (("Turkey club wrap", 4.49),),
+        "seafood": (("Fish and chips", 5.99),),
+        "soup and salad": (
+            ("Chicken noodle soup", 3.29),
+            ("Garden salad", 3.99),
+            ("Tomato soup", 2.99),
+        ),  # fmt: skip
+    },
+    "hot dispensed": {"hot chocolate": (("Hot chocolate", 1.10),)},
+    "salty snacks": {
+        "nuts/seeds": (("Salted peanuts", 1.79), ("Sunflower seeds", 1.29), ("Trail mix", 2.49)),
+        "potato chips": (("Potato chips", 1.99),),
+    },
 }
 WEB_PERSONAS = [
     "furniture_homedecor_housewares",
@@ -130,18 +183,34 @@ WEB_PERSONAS = [
     "housewares_tools_beauty",
 ]
 STORE_PERSONAS = [
+    ("food service:seafood", "cold dispensed:fountain-non-carbonated", "salty snacks:nuts/seeds"),
     ("food service:pizza", "cold dispensed:fountain-carbonated", "salty snacks:nuts/seeds"),
-    ("salty snacks:nuts/seeds", "hot dispensed:coffee", "cold dispensed:fountain-carbonated"),
-    ("cold dispensed:fountain-noncarbonated", "food service:roller grill", "salty snacks:chips"),
-    ("cold dispensed:fountain-noncarbonated", "food service:sandwiches", "salty snacks:nuts/seeds"),
-    ("cold dispensed:fountain-carbonated", "food service:sandwiches", "salty snacks:nuts/seeds"),
-    ("salty snacks:chips", "hot dispensed:coffee", "food service:bakery"),
-    ("hot dispensed:coffee", "salty snacks:chips", "food service:sandwiches"),
-    ("food service:pizza", "hot dispensed:coffee", "salty snacks:nuts/seeds"),
-    ("hot dispensed:coffee", "salty snacks:nuts/seeds", "food service:roller grill"),
+    (
+        "food service:other cuisine",
+        "food service:sandwiches/wraps",
+        "cold dispensed:fountain-non-carbonated",
+    ),
+    (
+        "food service:other cuisine",
+        "food service:soup and salad",
+        "cold dispensed:fountain-non-carbonated",
+    ),
+    ("food service:pizza", "cold dispensed:fountain-carbonated", "salty snacks:potato chips"),
+    ("food service:nachos", "cold dispensed:fountain-carbonated", "salty snacks:nuts/seeds"),
+    ("food service:nachos", "hot dispensed:hot chocolate", "salty snacks:potato chips"),
+    (
+        "food service:seafood",
+        "food service:soup and salad",
+        "cold dispensed:fountain-non-carbonated",
+    ),
+    (
+        "food service:pizza",
+        "cold dispensed:fountain-carbonated",
+        "cold dispensed:fountain-carbonated",
+    ),
 ]
 CATEGORIES = list(WEB_CATEGORIES) + list(STORE_ITEMS)
-STYLES = [f"{c}:{s}" for c, (_, _, styles) in WEB_CATEGORIES.items() for s in styles] + [
+STYLES = [f"{c}:{s}" for c, (_, styles, _) in WEB_CATEGORIES.items() for s in styles] + [
     f"{c}:{s}" for c, styles in STORE_ITEMS.items() for s in styles
 ]
 PERSONAS = WEB_PERSONAS + ["_".join(p) for p in STORE_PERSONAS]
@@ -196,18 +265,23 @@ def build_catalogue(rng: np.random.Generator) -> pd.DataFrame:
     """The 2,465-item catalogue: web categories first, then the store; rows grouped by style.
 
     Columns follow data/items.csv; CATEGORY_L2 is the style within CATEGORY_L1. CATEGORY_L1
-    and GENDER are categoricals over `CATEGORIES` and `GENDERS` (NaN = no affinity).
+    and GENDER are categoricals over `CATEGORIES` and `GENDERS` (NaN = no affinity). Style
+    sizes, gender-affinity counts per category and the promoted count are the reference's;
+    which products of a category carry an affinity is drawn at random.
     """
-    cat_codes, style_codes, medians, names = [], [], [], []
     style_index = {s: i for i, s in enumerate(STYLES)}
-    for c, (count, median, styles) in WEB_CATEGORIES.items():
-        # every style gets at least one product, the rest split at random
-        sizes = 1 + rng.multinomial(count - len(styles), np.full(len(styles), 1 / len(styles)))
-        codes = np.repeat([style_index[f"{c}:{s}"] for s in styles], sizes)
-        style_codes.append(codes)
+    cat_codes, style_codes, medians, names, genders = [], [], [], [], []
+    for c, (median, styles, (n_female, n_male)) in WEB_CATEGORIES.items():
+        sizes = list(styles.values())
+        count = sum(sizes)
+        style_codes.append(np.repeat([style_index[f"{c}:{s}"] for s in styles], sizes))
         cat_codes.append(np.full(count, CATEGORIES.index(c)))
         medians.append(np.full(count, median))
-        names.append(np.repeat(np.array(styles, dtype=object), sizes))
+        names.append(np.repeat(np.array(list(styles), dtype=object), sizes))
+        affinity = np.repeat(np.array([0, 1, -1], dtype=np.int8), [n_female, n_male, 0])
+        gender = np.full(count, -1, dtype=np.int8)
+        gender[rng.permutation(count)[: affinity.size]] = affinity
+        genders.append(gender)
     n_web = sum(len(c) for c in cat_codes)
 
     log_price = np.log(np.concatenate(medians)) + PRICE_SIGMA * rng.standard_normal(n_web)
@@ -227,14 +301,11 @@ def build_catalogue(rng: np.random.Generator) -> pd.DataFrame:
     store_cat, store_style, store_price, store_desc = map(np.array, zip(*store_rows, strict=True))
     category = np.concatenate([*cat_codes, store_cat])
     style = np.concatenate([*style_codes, store_style])
+    gender = np.concatenate([*genders, np.full(store_cat.size, -1, dtype=np.int8)])
     n = category.size
 
-    gender = np.full(n, -1, dtype=np.int8)
-    can = np.flatnonzero(np.isin(category, [CATEGORIES.index(c) for c in GENDER_CATEGORIES]))
-    chosen = np.sort(rng.choice(can, GENDERED_PRODUCTS, replace=False))
-    gender[chosen] = rng.integers(0, 2, chosen.size)
-
-    promoted = rng.random(n) < 0.05
+    promoted = np.zeros(n, dtype=bool)
+    promoted[rng.choice(n, PROMOTED_PRODUCTS, replace=False)] = True
     raw = rng.bytes(16 * n)
     ids = [str(uuid.UUID(bytes=raw[16 * i : 16 * i + 16], version=4)) for i in range(n)]
     return pd.DataFrame(
@@ -292,23 +363,43 @@ def build_users(rng: np.random.Generator, n_users: int, store_share: float) -> p
 class _Pools:
     """Products a pick may land on, per (web category, gender) or store style.
 
-    `items[offset[k] : offset[k] + length[k]]` is pool k in catalogue (style) order;
-    `block_start`/`block_len` give, per pool position, its style's run inside the pool, so
-    a clique stays within one style. `base[persona, slot]` + `gender_step[persona]` x gender
-    is the pool of a persona's slot; `weights[persona]` are its slot probabilities.
+    `items[offset[k] : offset[k] + length[k]]` is pool k. Web pools carry an affinity
+    structure: `clique[offset[k] + s]` lists, as positions in pool k, the products a user
+    whose first pick there was position s picks from later: column 0 is s itself, columns
+    1.. its window of the pool's random cyclic order; `clique_size` is 4 when s lies inside
+    its own window (then only the window counts), else 5. Store pools have none (size 0):
+    every pick is uniform over the style. `base[persona, slot]` + `gender_step[persona]` x
+    gender is the pool of a persona's slot; `weights[persona]` are its slot probabilities.
     """
 
     items: np.ndarray
     offset: np.ndarray
     length: np.ndarray
-    block_start: np.ndarray
-    block_len: np.ndarray
+    clique: np.ndarray
+    clique_size: np.ndarray
     base: np.ndarray
     gender_step: np.ndarray
     weights: np.ndarray
 
 
-def _pools(catalogue: pd.DataFrame) -> _Pools:
+def affinity_structure(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Clique rows of one pool of `n` products: n x (1 + CLIQUE_WINDOW) pool positions.
+
+    The reference builds a band of CLIQUE_WINDOW rolled identity matrices, shuffles its rows,
+    transposes, shuffles the rows again and adds the identity. Row s then marks s plus
+    CLIQUE_WINDOW products at consecutive positions of a random cyclic order (the inverse of
+    the first shuffle), and the window row s gets is a random one, each window going to
+    exactly one row (the second shuffle). This draws the same two permutations directly.
+    """
+    if n <= CLIQUE_WINDOW:
+        raise ValueError(f"a pool of {n} products is too small for a clique")
+    order = rng.permutation(n)
+    window_start = rng.permutation(n)
+    window = order[(window_start[:, None] + np.arange(CLIQUE_WINDOW)) % n]
+    return np.column_stack([np.arange(n), window])
+
+
+def _pools(catalogue: pd.DataFrame, rng: np.random.Generator) -> _Pools:
     category = catalogue["CATEGORY_L1"].cat.codes.to_numpy()
     style_key = catalogue["CATEGORY_L1"].astype(str) + ":" + catalogue["CATEGORY_L2"].astype(str)
     style = pd.Categorical(style_key, categories=STYLES).codes.astype(np.int64)
@@ -327,14 +418,17 @@ def _pools(catalogue: pd.DataFrame) -> _Pools:
         raise AssertionError("empty product pool")  # catalogue construction bug
     items = np.concatenate(members)
     offset = np.concatenate([[0], np.cumsum(length)[:-1]])
-    # runs of equal style inside each pool (pools never share a boundary run)
-    pool_of = np.repeat(np.arange(length.size), length)
-    run_key = pool_of * len(STYLES) + style[items]
-    starts = np.flatnonzero(np.r_[True, run_key[1:] != run_key[:-1]])
-    run_len = np.diff(np.r_[starts, items.size])
-    pos_run = np.repeat(np.arange(starts.size), run_len)
-    block_start = starts[pos_run] - offset[pool_of]
-    block_len = run_len[pos_run]
+
+    # one independent structure per web pool, even where the M and F pools hold the same
+    # products; store pools are single styles of 1-3 items, picked uniformly
+    n_web_pools = 2 * len(WEB_CATEGORIES)
+    clique = np.zeros((items.size, 1 + CLIQUE_WINDOW), dtype=np.int64)
+    clique_size = np.zeros(items.size, dtype=np.int64)
+    for k in range(n_web_pools):
+        rows = affinity_structure(int(length[k]), rng)
+        at = slice(offset[k], offset[k] + length[k])
+        clique[at] = rows
+        clique_size[at] = np.where((rows[:, 1:] == rows[:, :1]).any(axis=1), 4, 5)
 
     n_p = len(PERSONAS)
     base = np.zeros((n_p, 3), dtype=np.int64)
@@ -345,18 +439,18 @@ def _pools(catalogue: pd.DataFrame) -> _Pools:
     for j, slots in enumerate(STORE_PERSONAS):
         p = len(WEB_PERSONAS) + j
         slot_cat[p] = [CATEGORIES.index(s.split(":")[0]) for s in slots]
-        base[p] = [2 * len(WEB_CATEGORIES) + store_styles.index(STYLES.index(s)) for s in slots]
+        base[p] = [n_web_pools + store_styles.index(STYLES.index(s)) for s in slots]
     weights = SLOT_WEIGHTS * share[slot_cat]
     weights /= weights.sum(axis=1, keepdims=True)
     gender_step = (np.arange(n_p) < len(WEB_PERSONAS)).astype(np.int64)
-    return _Pools(items, offset, length, block_start, block_len, base, gender_step, weights)
+    return _Pools(items, offset, length, clique, clique_size, base, gender_step, weights)
 
 
 def event_counts(n_rows: int) -> tuple[int, tuple[int, ...]]:
     """Views and funnel counts (AddToCart..Purchase) summing exactly to `n_rows`.
 
-    Funnel counts are the quotas (floor of share x Views); when no View count hits
-    `n_rows` exactly, the 1-3 rows left over become extra Views.
+    The funnel counts are the quotas after the last View that keeps the total within
+    `n_rows`; the 1-3 rows a total can fall short by become extra Views at the end.
     """
     total_share = 1 + sum(FUNNEL_SHARES)
     views = int(n_rows / total_share) + 2
@@ -366,29 +460,56 @@ def event_counts(n_rows: int) -> tuple[int, tuple[int, ...]]:
     return n_rows - sum(funnel), funnel
 
 
-def _views_per_pick(product: np.ndarray, n_items: int) -> np.ndarray:
-    """1-4 Views per pick: +1 each when, counting earlier picks only, the product has fewer
-    than half the picks of the top product, fewer than the average, and the fewest."""
+def funnel_views(n_views: int) -> list[np.ndarray]:
+    """For each funnel type, the 0-based Views it follows.
+
+    After every View the reference writes a funnel event of a type while that type's count
+    is below int(share x Views so far), each type checked on its own: with shares below 1
+    that is exactly the Views where int(share x v) steps up, a fixed rhythm per type.
+    """
+    v = np.arange(1, n_views + 1, dtype=np.float64)
+    return [np.flatnonzero(np.diff(np.floor(share * np.r_[0.0, v])) > 0) for share in FUNNEL_SHARES]
+
+
+def views_per_pick(product: np.ndarray) -> np.ndarray:
+    """Interaction sets (Views) per pick, the reference's balancing rule, counted in picks.
+
+    1, plus 1 for each of: the product's count x 2 < the largest count; its count < the
+    average count over the products picked so far; its count equals the smallest count
+    over the products picked so far. Counts include the current pick.
+
+    The smallest count: after pick t it is >= c exactly when every product picked by t has
+    had its c-th pick by t. Ordering products by their first pick, that is a running max, per
+    c, of the times of the c-th picks over a prefix of products, so one sort answers all.
+    """
     n = product.size
     order = np.argsort(product, kind="stable")
     sorted_prod = product[order]
     group_start = np.flatnonzero(np.r_[True, sorted_prod[1:] != sorted_prod[:-1]])
     sizes = np.diff(np.r_[group_start, n])
-    rank = np.arange(n) - np.repeat(group_start, sizes)
-    before = np.empty(n, dtype=np.int64)  # picks of the same product before this one
-    before[order] = rank
-    top = np.r_[0, np.maximum.accumulate(before + 1)[:-1]]
-    average = np.arange(n) / n_items
-    # fewest: all products have >= k picks from pick T[k-1] on; T[k] = max over products of
-    # the time of their k-th pick, known for k below the final minimum count
-    counts = np.bincount(product, minlength=n_items)
-    k_max = int(counts.min())
-    reach = np.full(k_max, -1, dtype=np.int64)
-    if k_max:
-        mask = rank < k_max
-        np.maximum.at(reach, rank[mask], order[mask])
-    fewest = np.searchsorted(reach, np.arange(n), side="left")
-    return 1 + (2 * before < top) + (before < average) + (before <= fewest)
+    count = np.empty(n, dtype=np.int64)
+    count[order] = np.arange(n) - np.repeat(group_start, sizes) + 1
+    first = count == 1
+    distinct = np.cumsum(first)  # products picked so far, current included
+    time = np.arange(n, dtype=np.int64)
+
+    top = np.maximum.accumulate(count)
+    below_average = count * distinct < time + 1
+
+    entry = np.empty(product.max() + 1 if n else 0, dtype=np.int64)
+    entry[product[first]] = np.arange(distinct[-1] if n else 0)
+    e = entry[product]  # rank of this pick's product by first pick
+    by_count = np.lexsort((e, count))  # picks grouped by count, products in entry order
+    k_sorted, e_sorted = count[by_count], e[by_count]
+    start = np.searchsorted(k_sorted, k_sorted)
+    in_prefix = e_sorted == np.arange(n) - start  # products 0..j all reached this count
+    reached = np.maximum.accumulate(k_sorted * n + by_count) - k_sorted * n
+    idx = np.searchsorted(k_sorted, count) + distinct - 1
+    end = np.searchsorted(k_sorted, count, side="right")
+    ok = idx < end
+    safe = np.minimum(idx, n - 1)
+    fewest = ok & in_prefix[safe] & (reached[safe] <= time)
+    return 1 + (2 * count < top) + below_average + fewest
 
 
 def simulate(
@@ -397,6 +518,7 @@ def simulate(
     n_rows: int,
     start: int,
     days: int,
+    rng_structure: np.random.Generator,
     rng: np.random.Generator,
 ) -> pd.DataFrame:
     """The event log: exactly `n_rows` rows sorted by TIMESTAMP (see the module docstring).
@@ -404,8 +526,7 @@ def simulate(
     ITEM_ID, USER_ID, EVENT_TYPE and DISCOUNT are categoricals over the catalogue ids, user
     ids, `EVENT_TYPES` and No/Yes; TIMESTAMP is int64 epoch seconds.
     """
-    pools = _pools(catalogue)
-    n_items = len(catalogue)
+    pools = _pools(catalogue, rng_structure)
     persona = users["PERSONA"].cat.codes.to_numpy().astype(np.int64)
     ugender = users["GENDER"].cat.codes.to_numpy().astype(np.int64)
     n_views, funnel = event_counts(n_rows)
@@ -413,7 +534,7 @@ def simulate(
     n_picks = n_views // 2 + 16
     while True:
         product, user = _picks(pools, persona, ugender, n_picks, rng)
-        views = _views_per_pick(product, n_items)
+        views = views_per_pick(product)
         done = np.cumsum(views)
         if done[-1] >= n_views:
             break
@@ -437,16 +558,19 @@ def simulate(
     pick_p = p_yes[dpersona[user], cheap.astype(np.int64)]
     view_disc = rng.random(n_views) < pick_p[pick]
 
-    # funnel: random Views, nested (the first ViewCart-quota AddToCarts also ViewCart, ...)
-    chosen = rng.choice(n_views, funnel[0], replace=False)
-    lo, hi = FUNNEL_STEP_SECONDS
-    delay = np.cumsum(rng.integers(lo, hi + 1, (chosen.size, len(funnel))), axis=1)
-    src = np.concatenate([np.arange(n_views)] + [chosen[:k] for k in funnel])
+    # funnel: each type on its own rhythm after the Views of the main run (extra Views that
+    # only round the row count have none), a few seconds after its View, in funnel order
+    after = [a[:k] for a, k in zip(funnel_views(n_views), funnel, strict=True)]
+    src = np.concatenate([np.arange(n_views), *after])
     etype = np.repeat(np.arange(len(EVENT_TYPES), dtype=np.int8), [n_views, *funnel])
-    ts = np.concatenate(
-        [view_ts] + [view_ts[chosen[:k]] + delay[:k, j] for j, k in enumerate(funnel)]
-    )
-    order = np.lexsort((etype, src, ts))
+    order = np.lexsort((etype, src))
+    src, etype = src[order], etype[order]
+    lo, hi = FUNNEL_STEP_SECONDS
+    step = np.where(etype > 0, rng.integers(lo, hi + 1, src.size), 0)
+    since_view = np.cumsum(step)
+    since_view -= np.maximum.accumulate(np.where(etype == 0, since_view, 0))
+    ts = view_ts[src] + since_view
+    order = np.argsort(ts, kind="stable")
     src, etype, ts = src[order], etype[order], ts[order]
     row_pick = pick[src]
     return pd.DataFrame(
@@ -474,23 +598,22 @@ def _picks(
     u = rng.random(n)
     slot = (u >= cum[:, 0]).astype(np.int64) + (u >= cum[:, 1])
     pool = pools.base[p, slot] + pools.gender_step[p] * gender[user]
-    anchor = (rng.random(n) * pools.length[pool]).astype(np.int64)
-    size = rng.integers(CLIQUE_SIZES[0], CLIQUE_SIZES[1] + 1, n)
+    uniform = (rng.random(n) * pools.length[pool]).astype(np.int64)
     draw = rng.random(n)
 
-    # the first pick of each (user, slot) anchors the clique of all later ones
+    # the first pick of each (user, category) fixes the clique of all later ones; a web
+    # persona's slots are distinct categories, so (user, slot) is (user, category)
     key = user * 3 + slot
     order = np.argsort(key, kind="stable")
     ks = key[order]
     first = np.r_[True, ks[1:] != ks[:-1]]
     head = order[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
-    a, pl = anchor[head], pool[head]
-    at = pools.offset[pl] + a
-    bstart, blen = pools.block_start[at], pools.block_len[at]
-    width = np.minimum(size[head], blen)
-    member = bstart + (a - bstart + (draw[order] * width).astype(np.int64)) % blen
+    at = pools.offset[pool[head]] + uniform[head]  # the first pick's clique row
+    size = pools.clique_size[at]
+    column = (draw[order] * size).astype(np.int64) + (size == CLIQUE_WINDOW)
+    member = pools.clique[at, np.minimum(column, CLIQUE_WINDOW)]
     rel = np.empty(n, dtype=np.int64)
-    rel[order] = np.where(first, a, member)
+    rel[order] = np.where(first | (size == 0), uniform[order], member)
     return pools.items[pools.offset[pool] + rel], user
 
 
@@ -498,16 +621,23 @@ def _picks(
 
 
 def build_shop(settings: ShopParams) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(catalogue, users, events) of the synthetic shop; independent streams per table, so
-    e.g. changing `interactions` leaves the catalogue and users unchanged."""
-    rng_items, rng_users, rng_events = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(settings.seed).spawn(3)
+    """(catalogue, users, events) of the synthetic shop; independent random streams for the
+    catalogue, the users, the affinity structure and the events, so e.g. changing
+    `interactions` leaves the catalogue, the users and every clique unchanged."""
+    rng_items, rng_users, rng_structure, rng_events = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(settings.seed).spawn(4)
     )
     catalogue = build_catalogue(rng_items)
     users = build_users(rng_users, settings.users, settings.store_user_share)
     status(f"generate: simulating {settings.interactions:,} events...")
     events = simulate(
-        catalogue, users, settings.interactions, settings.start, settings.days, rng_events
+        catalogue,
+        users,
+        settings.interactions,
+        settings.start,
+        settings.days,
+        rng_structure,
+        rng_events,
     )
     return catalogue, users, events
 

@@ -4,7 +4,6 @@ byte-identical outputs, and one-line errors for bad params."""
 from __future__ import annotations
 
 import io
-import itertools
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from recsys import fidelity
 from recsys import shop as gen
 from recsys.errors import StageError
 from recsys.params import load
@@ -32,6 +32,20 @@ REFERENCE_COUNTS = {
     "groceries": 195, "homedecor": 194, "footwear": 188, "instruments": 167, "floral": 127,
     "electronics": 104, "outdoors": 92, "jewelry": 90, "beauty": 60, "tools": 59, "books": 35,
     "food service": 8, "salty snacks": 4, "cold dispensed": 3, "hot dispensed": 1,
+}  # fmt: skip
+# gender-affinity products per (category, gender), and two categories' styles
+REFERENCE_GENDERED = {
+    ("accessories", "F"): 127, ("accessories", "M"): 80, ("apparel", "F"): 115,
+    ("apparel", "M"): 116, ("beauty", "F"): 26, ("beauty", "M"): 5, ("electronics", "F"): 1,
+    ("footwear", "F"): 90, ("footwear", "M"): 98, ("homedecor", "F"): 1, ("jewelry", "F"): 71,
+    ("jewelry", "M"): 19,
+}  # fmt: skip
+REFERENCE_ACCESSORY_STYLES = {
+    "backpack": 48, "bag": 21, "belt": 38, "glasses": 59, "handbag": 38, "watch": 24,
+}  # fmt: skip
+REFERENCE_FOOD_SERVICE = {
+    "nachos": 1, "other cuisine": 1, "pizza": 1, "sandwiches/wraps": 1, "seafood": 1,
+    "soup and salad": 3,
 }  # fmt: skip
 REFERENCE_SHARES = {  # event mix at 100k users / 800k rows, percent of rows
     "View": 86.2, "AddToCart": 6.9, "ViewCart": 4.3, "StartCheckout": 1.7, "Purchase": 0.86,
@@ -80,10 +94,16 @@ def test_catalogue_matches_reference_counts() -> None:
     assert len(styles) == 85
     gendered = cat["GENDER"].notna()
     assert gendered.sum() == 749
-    assert set(cat.loc[gendered, "CATEGORY_L1"].astype(str)) <= {
-        "apparel", "footwear", "beauty", "jewelry", "accessories",
-    }  # fmt: skip
-    assert set(cat.loc[gendered, "GENDER"].astype(str)) == {"F", "M"}
+    by_category = (
+        cat[gendered].groupby([cat["CATEGORY_L1"].astype(str), cat["GENDER"].astype(str)]).size()
+    )
+    assert by_category.to_dict() == REFERENCE_GENDERED
+    style_sizes = cat.groupby(
+        [cat["CATEGORY_L1"].astype(str), cat["CATEGORY_L2"].astype(str)]
+    ).size()
+    assert style_sizes.loc["accessories"].to_dict() == REFERENCE_ACCESSORY_STYLES
+    assert style_sizes.loc["food service"].to_dict() == REFERENCE_FOOD_SERVICE
+    assert (cat["PROMOTED"] == "Y").sum() == 609
     assert cat["ITEM_ID"].is_unique
     assert all(str(uuid.UUID(i)) == i for i in cat["ITEM_ID"].head(50))
     price = cat["PRICE"]
@@ -131,21 +151,21 @@ def test_rows_sorted_and_funnel_follows_a_view(mid_shop) -> None:
     assert (np.diff(ts) >= 0).all()
     start = int(pd.Timestamp(SMALL["end_date"], tz="UTC").timestamp()) - SMALL["days"] * 86400
     assert ts.min() >= start and ts.max() < start + SMALL["days"] * 86400
-    # a pair's funnel steps start in funnel order after a View of that pair (NaN compares
-    # False, so a step without its predecessor fails too), each step rarer than the last
+    # every funnel event follows a View of its pair, within a minute (NaN compares False,
+    # so a funnel event on a pair without a View fails too)
     pair = ev["USER_ID"].cat.codes.astype(np.int64) * len(cat) + ev["ITEM_ID"].cat.codes
     first_ts = (
         ev.assign(PAIR=pair).groupby(["PAIR", "EVENT_TYPE"], observed=True)["TIMESTAMP"].min()
     )
     first_ts = first_ts.unstack()
-    for before, after in itertools.pairwise(gen.EVENT_TYPES):
+    for after in gen.EVENT_TYPES[1:]:
         has = first_ts[after].notna()
-        assert (first_ts.loc[has, before] <= first_ts.loc[has, after]).all(), after
-    counts = first_ts.notna().sum()
+        assert (first_ts.loc[has, "View"] <= first_ts.loc[has, after]).all(), after
+    counts = ev["EVENT_TYPE"].value_counts()
     assert list(counts[gen.EVENT_TYPES]) == sorted(counts[gen.EVENT_TYPES], reverse=True)
 
 
-def test_picks_respect_gender_clique_and_store(mid_shop) -> None:
+def test_picks_respect_gender_and_the_store_personas(mid_shop) -> None:
     cat, users, ev = mid_shop
     u = ev["USER_ID"].cat.codes.to_numpy()
     i = ev["ITEM_ID"].cat.codes.to_numpy()
@@ -155,11 +175,113 @@ def test_picks_respect_gender_clique_and_store(mid_shop) -> None:
     store_user = users["SEGMENT"].astype(str).to_numpy()[u] == "store"
     store_item = np.isin(cat["CATEGORY_L1"].astype(str).to_numpy()[i], list(gen.STORE_ITEMS))
     assert (store_user == store_item).all()
-    # a web user's products in one category stay inside one affinity clique (<= 5)
-    web = pd.DataFrame({"u": u, "i": i, "c": cat["CATEGORY_L1"].cat.codes.to_numpy()[i]})
-    distinct = web[~store_user].drop_duplicates().groupby(["u", "c"]).size()
-    assert distinct.max() <= max(gen.CLIQUE_SIZES)
-    assert (distinct >= 2).mean() > 0.2  # repeat visits do reach the rest of the clique
+    # a store user picks only items of the styles its persona names (gender ignored)
+    style = (cat["CATEGORY_L1"].astype(str) + ":" + cat["CATEGORY_L2"].astype(str)).to_numpy()
+    persona = users["PERSONA"].astype(str).to_numpy()[u[store_user]]
+    picked = style[i[store_user]]
+    allowed = {p: set(p.split("_")) for p in set(persona.tolist())}
+    assert all(s in allowed[p] for p, s in set(zip(persona.tolist(), picked.tolist(), strict=True)))
+    assert len(set(picked.tolist())) == 11  # every store style is somebody's
+    assert len(set(style[i[store_user]].tolist())) <= 16
+
+
+def test_a_first_item_leads_to_at_most_five_items(mid_shop) -> None:
+    """Within a (user, category), every item comes from the first item's clique: the first
+    item plus a window of 4, one clique per product and gender pool."""
+    cat, users, ev = mid_shop
+    u = ev["USER_ID"].cat.codes.to_numpy().astype(np.int64)
+    i = ev["ITEM_ID"].cat.codes.to_numpy().astype(np.int64)
+    c = cat["CATEGORY_L1"].cat.codes.to_numpy()[i]
+    web = users["SEGMENT"].astype(str).to_numpy()[u] == "web"
+    frame = pd.DataFrame({"u": u, "i": i, "c": c, "g": users["GENDER"].cat.codes.to_numpy()[u]})
+    frame = frame[web]  # rows in time order: a group's first row is its first pick
+    first = frame.groupby(["u", "c"])["i"].transform("first")
+    reach = frame.assign(first=first).groupby(["first", "g"])["i"].nunique()
+    assert reach.max() <= 5
+    assert (reach >= 4).mean() > 0.4  # the windows are reached, not just the first item
+    # ... while the same first item leads M and F users to different windows: up to 9
+    pooled = frame.assign(first=first).groupby("first")["i"].nunique()
+    assert pooled.max() <= 9 and (pooled > 5).mean() > 0.2
+
+
+def test_cliques_cross_styles_and_differ_between_genders(mid_shop) -> None:
+    """The reference's per-(category, gender) random structure, measured at 20k users."""
+    cat, users, ev = mid_shop
+    figures = fidelity.cooccurrence(fidelity.log_from_frames(ev, cat, users))
+    assert figures["single_style_groups"] == pytest.approx(0.25, abs=0.04)  # bands: 100%
+    assert figures["mf_link_overlap"] < 0.1  # a shared clique for M and F gives 0.93
+
+
+def test_affinity_structure_is_one_random_cyclic_order() -> None:
+    """Each row is its product plus 4 consecutive products of one cyclic order, and every
+    window of that order goes to exactly one row, as in the reference's construction."""
+    n = 37
+    rows = gen.affinity_structure(n, np.random.default_rng(5))
+    assert rows.shape == (n, 5)
+    assert (rows[:, 0] == np.arange(n)).all()
+    window = rows[:, 1:]
+    successor = np.full(n, -1)
+    for a, b in zip(window[:, :-1].ravel().tolist(), window[:, 1:].ravel().tolist(), strict=True):
+        assert successor[a] in (-1, b)  # consecutive in one order, whichever row says it
+        successor[a] = b
+    cycle, item = [], 0
+    for _ in range(n):
+        cycle.append(item)
+        item = successor[item]
+    assert item == 0 and sorted(cycle) == list(range(n))  # one cycle through every product
+    position = np.empty(n, dtype=int)
+    position[cycle] = np.arange(n)
+    assert sorted(position[window[:, 0]].tolist()) == list(range(n))  # each window once
+    # independent structures: another draw gives other cliques for the same products
+    other = gen.affinity_structure(n, np.random.default_rng(6))
+    assert (np.sort(other, axis=1) != np.sort(rows, axis=1)).any(axis=1).mean() > 0.8
+
+
+def brute_force_views(products: list[int]) -> list[int]:
+    """The reference's balancing rule, one pick at a time."""
+    counts: dict[int, int] = {}
+    out = []
+    for p in products:
+        counts[p] = counts.get(p, 0) + 1
+        c, values = counts[p], list(counts.values())
+        out.append(1 + (c * 2 < max(values)) + (c < sum(values) / len(values)) + (c == min(values)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_views_per_pick_follow_the_balancing_rule(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_items = [3, 10, 40, 200, 7, 1][seed]
+    weights = rng.random(n_items) ** 3 + 0.01  # skewed, so every rule fires
+    products = rng.choice(n_items, 3000, p=weights / weights.sum())
+    got = gen.views_per_pick(products)
+    assert got.tolist() == brute_force_views(products.tolist())
+    assert set(got.tolist()) <= {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("n_views", [1, 12, 13, 100, 101, 9999])
+def test_funnel_fires_on_its_own_rhythm(n_views: int) -> None:
+    """After each View a type fires while its count < int(share x Views so far)."""
+    got = gen.funnel_views(n_views)
+    for share, views in zip(gen.FUNNEL_SHARES, got, strict=True):
+        expected, fired = [], 0
+        for v in range(1, n_views + 1):
+            if fired < int(share * v):
+                fired += 1
+                expected.append(v - 1)
+        assert views.tolist() == expected
+
+
+def test_funnel_events_are_not_nested(mid_shop) -> None:
+    """Each funnel type keeps its own rhythm (every 12.5th, 20th, 50th, 100th View), so most
+    ViewCarts and StartCheckouts share no View with the step before them, and a third of
+    the pairs carry a funnel event (nested funnels on random Views gave a fifth)."""
+    cat, users, ev = mid_shop
+    pair = ev["USER_ID"].cat.codes.astype(np.int64) * len(cat) + ev["ITEM_ID"].cat.codes
+    kinds = pd.crosstab(pair, ev["EVENT_TYPE"].astype(str)) > 0
+    assert (~kinds.loc[kinds["ViewCart"], "AddToCart"]).mean() > 0.5
+    assert (~kinds.loc[kinds["StartCheckout"], "ViewCart"]).mean() > 0.3  # half share Views
+    assert (kinds.drop(columns="View").any(axis=1)).mean() == pytest.approx(0.325, abs=0.02)
 
 
 def test_discount_follows_discount_persona(mid_shop) -> None:
