@@ -80,8 +80,8 @@ def baselines(repo: Path, repeat: int) -> dict[str, float]:
         from dataclasses import replace
 
         from recsys.evaluation import benchmark_evaluate
+        from recsys.families.als import AlsParams, make_model
         from recsys.io import load_csr, load_npz
-        from recsys.models import AlsParams, make_model
         from recsys.params import load
         from recsys.threads import stage_threads
 
