@@ -7,6 +7,7 @@ implicit's item-item scorer without its per-user Python loop.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from implicit.nearest_neighbours import (
     ItemItemRecommender,
     TFIDFRecommender,
 )
+from implicit.utils import ParameterWarning
 
 from recsys.families.base import Progress
 from recsys.families.similarity import SimilarityFamily
@@ -57,6 +59,7 @@ class ItemKnnModel(SimilarityFamily):
 
     type = "itemknn"
     Params = ItemKnnParams
+    BINARY_ROWS = False  # implicit's scorer weighs each neighbour by the user's confidence
 
     @classmethod
     def fit(
@@ -64,7 +67,10 @@ class ItemKnnModel(SimilarityFamily):
         on_iteration: Progress | None = None,
     ) -> ItemKnnModel:  # fmt: skip
         model = params.implicit_model(threads)
-        model.fit(sp.csr_matrix(train, dtype=np.float32), show_progress=False)
+        with warnings.catch_warnings():
+            # implicit re-weights into a COO matrix, then warns that it converts it to CSR
+            warnings.simplefilter("ignore", ParameterWarning)
+            model.fit(sp.csr_matrix(train, dtype=np.float32), show_progress=False)
         if on_iteration is not None:
             on_iteration(1, None)
         similarity = sp.csr_matrix(model.similarity, dtype=np.float32)

@@ -19,6 +19,7 @@ from recsys.errors import StageError
 from recsys.families.base import (
     Family,
     batches,
+    binary,
     check_finite,
     dense_scores,
     exclude,
@@ -29,7 +30,13 @@ from recsys.families.base import (
 
 
 class SimilarityFamily(Family):
-    """A model that is an items x items similarity S (float32, sparse CSR or dense)."""
+    """A model that is an items x items similarity S (float32, sparse CSR or dense).
+
+    `BINARY_ROWS`: score with which items a user has (1.0 each), as the model was fitted
+    (EASE, RP3beta), instead of the confidences (item kNN, as implicit scores it).
+    """
+
+    BINARY_ROWS = True
 
     def __init__(self, similarity: sp.csr_matrix | np.ndarray) -> None:
         self.similarity = similarity
@@ -85,7 +92,8 @@ class SimilarityFamily(Family):
         return cls(s)
 
     def _block(self, rows: sp.csr_matrix, fill: float) -> np.ndarray:
-        product = sp.csr_matrix(rows, dtype=np.float32) @ self.similarity
+        rows = binary(rows) if self.BINARY_ROWS else sp.csr_matrix(rows, dtype=np.float32)
+        product = rows @ self.similarity
         return dense_scores(product, fill)
 
     def recommend(
