@@ -71,9 +71,7 @@ def test_a_queued_family_switch_keeps_its_own_model_file(queued: tuple[Path, str
     repo, status = queued
     assert re.search(r"ease\s.*Success", status), status
     rows = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
-    exps = {
-        e.get("name"): e for b in rows for r in b.get("experiments") or [] for e in r["revs"]
-    }
+    exps = {e.get("name"): e for b in rows for r in b.get("experiments") or [] for e in r["revs"]}
     data = exps["ease"]["data"]
     assert data["params"]["params.yaml"]["data"]["model"]["type"] == "ease"
     assert "models/ease.npz" in data["deps"] and "models/als.npz" not in data["deps"]
