@@ -43,7 +43,7 @@ SMALL = {
 K = 10
 
 
-def params(name: str, **overrides: object):  # noqa: ANN201
+def params(name: str, **overrides: object):
     family = FAMILIES[name]
     return replace(parse(family.Params.from_section, name, SMALL[name]), **overrides)
 
@@ -54,7 +54,7 @@ def split() -> tuple[sp.csr_matrix, sp.csr_matrix]:
 
 
 @pytest.fixture(scope="module")
-def fitted(split) -> dict[str, Family]:  # noqa: ANN001
+def fitted(split) -> dict[str, Family]:
     train, _ = split
     return {name: family.fit(train, params(name), 1) for name, family in FAMILIES.items()}
 
@@ -67,7 +67,7 @@ def test_the_registry_names_every_family_and_its_section() -> None:
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_save_load_gives_the_same_lists(fitted, split, tmp_path: Path, name: str) -> None:  # noqa: ANN001
+def test_save_load_gives_the_same_lists(fitted, split, tmp_path: Path, name: str) -> None:
     train, test = split
     model = fitted[name]
     path = tmp_path / f"{name}.npz"
@@ -93,14 +93,14 @@ def test_save_load_gives_the_same_lists(fitted, split, tmp_path: Path, name: str
     assert served.similar_items(0, 5)[0].tolist() == model.similar_items(0, 5)[0].tolist()
 
 
-def test_a_model_file_of_another_family_is_refused(fitted, split, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_model_file_of_another_family_is_refused(fitted, split, tmp_path: Path) -> None:
     fitted["ease"].save(tmp_path / "als.npz")
     with pytest.raises(StageError, match=r"als.npz: holds a ease model; expected als"):
         load_model(tmp_path / "als.npz", "als", split[0].shape, threads=1)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_every_family_learns_something(fitted, split, name: str) -> None:  # noqa: ANN001
+def test_every_family_learns_something(fitted, split, name: str) -> None:
     train, test = split
     scored = score_model_and_baseline(fitted[name], train, test, K)
     model_map = scored["model"]["map_at_k"][-1]
@@ -116,7 +116,7 @@ def test_every_family_learns_something(fitted, split, name: str) -> None:  # noq
     [("bpr", {}), ("lmf", {}), ("itemknn", {}), ("itemknn", {"similarity": "bm25"}),
      ("itemknn", {"similarity": "tfidf"})],
 )  # fmt: skip
-def test_scoring_agrees_with_implicits_evaluation(split, name: str, overrides: dict) -> None:  # noqa: ANN001
+def test_scoring_agrees_with_implicits_evaluation(split, name: str, overrides: dict) -> None:
     """ALS has the same check in test_evaluate.py."""
     train, test = split
     model = FAMILIES[name].fit(train, params(name, **overrides), 1)
@@ -130,14 +130,14 @@ def test_scoring_agrees_with_implicits_evaluation(split, name: str, overrides: d
 
 
 @pytest.mark.parametrize("name", ["als", "bpr", "lmf", "itemknn", "ease", "rp3beta"])
-def test_the_thread_count_never_changes_the_model(split, tmp_path: Path, name: str) -> None:  # noqa: ANN001
+def test_the_thread_count_never_changes_the_model(split, tmp_path: Path, name: str) -> None:
     train, _ = split
     one = FAMILIES[name].fit(train, params(name), 1).save(tmp_path / "one.npz")
     two = FAMILIES[name].fit(train, params(name), 2).save(tmp_path / "two.npz")
     assert one == two
 
 
-def test_als_session_is_implicits_fold_in(fitted, split) -> None:  # noqa: ANN001
+def test_als_session_is_implicits_fold_in(fitted, split) -> None:
     train, _ = split
     model = fitted["als"]
     user = int(np.argmax(np.diff(train.indptr)))
@@ -153,7 +153,7 @@ def test_als_session_is_implicits_fold_in(fitted, split) -> None:  # noqa: ANN00
 
 
 @pytest.mark.parametrize("name", ["itemknn", "ease", "rp3beta", "popular"])
-def test_a_session_of_a_users_items_scores_like_that_user(fitted, split, name: str) -> None:  # noqa: ANN001
+def test_a_session_of_a_users_items_scores_like_that_user(fitted, split, name: str) -> None:
     """Similarity families score a session exactly as they score a known user."""
     train, _ = split
     model = fitted[name]
@@ -168,14 +168,14 @@ def test_a_session_of_a_users_items_scores_like_that_user(fitted, split, name: s
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_similar_items_exclude_the_item_and_come_best_first(fitted, name: str) -> None:  # noqa: ANN001
+def test_similar_items_exclude_the_item_and_come_best_first(fitted, name: str) -> None:
     ids, scores = fitted[name].similar_items(3, 8)
     assert 0 < ids.size <= 8 and 3 not in ids.tolist()
     assert len(set(ids.tolist())) == ids.size
     assert (np.diff(scores) <= 0).all() and ids.dtype == np.int32
 
 
-def test_ease_is_the_closed_form(split) -> None:  # noqa: ANN001
+def test_ease_is_the_closed_form(split) -> None:
     train, _ = split
     model = EaseModel.fit(train, EaseParams(l2=10.0), 1)
     x = (train.toarray() > 0).astype(np.float64)
@@ -186,7 +186,7 @@ def test_ease_is_the_closed_form(split) -> None:  # noqa: ANN001
     assert model.similarity.dtype == np.float32
 
 
-def test_rp3beta_is_the_random_walk(split) -> None:  # noqa: ANN001
+def test_rp3beta_is_the_random_walk(split) -> None:
     train, _ = split
     n_items = train.shape[1]
     got = rp3beta_similarity(train, Rp3betaParams(alpha=0.8, beta=0.3, neighbours=n_items))
@@ -288,7 +288,7 @@ def test_bundle_serves_users_sessions_and_similar_items(
     fitted,
     split,
     tmp_path: Path,
-    name: str,  # noqa: ANN001
+    name: str,
 ) -> None:
     train, _ = split
     n_users, n_items = train.shape

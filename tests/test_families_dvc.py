@@ -48,7 +48,7 @@ def families(
     return repo, runs, als_lock
 
 
-def test_every_family_runs_only_the_model_stages(families) -> None:  # noqa: ANN001
+def test_every_family_runs_only_the_model_stages(families) -> None:
     _, runs, _ = families
     assert set(OTHERS) | {"als"} == set(FAMILIES)
     for name, result in runs.items():
@@ -65,7 +65,7 @@ def test_every_family_runs_only_the_model_stages(families) -> None:  # noqa: ANN
         assert "als" not in train["params"]["params.yaml"]
 
 
-def test_every_family_reports_metrics_with_error_bars(families) -> None:  # noqa: ANN001
+def test_every_family_reports_metrics_with_error_bars(families) -> None:
     repo, runs, _ = families
     for name, result in runs.items():
         m = result["metrics"]
@@ -91,7 +91,7 @@ def recommend(repo: Path, *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_the_cli_serves_a_non_als_bundle(families) -> None:  # noqa: ANN001
+def test_the_cli_serves_a_non_als_bundle(families) -> None:
     repo, _, _ = families
     meta = json.loads((repo / "models/bundle/metadata.json").read_text())
     assert meta["model_type"] == "itemknn" and meta["params"]["model"] == {"type": "itemknn"}
@@ -107,7 +107,7 @@ def test_the_cli_serves_a_non_als_bundle(families) -> None:  # noqa: ANN001
     assert not set(session["items"]) & set(items)
 
 
-def test_back_to_als_comes_from_the_run_cache(families) -> None:  # noqa: ANN001
+def test_back_to_als_comes_from_the_run_cache(families) -> None:
     repo, _, als_lock = families
     # a knob of an inactive family changes nothing
     set_params(repo, {"model": {"type": "als"}, "ease": {"l2": 7.5}})

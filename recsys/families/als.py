@@ -270,7 +270,13 @@ class AlsModel(FactorFamily):
         return slow_fit_warning(shape, params, threads)
 
     @classmethod
-    def fit(cls, train, params, threads, on_iteration=None) -> AlsModel:  # noqa: ANN001
+    def fit(
+        cls,
+        train: sp.csr_matrix,
+        params: AlsParams,
+        threads: int,
+        on_iteration: Callable[[int, float | None], None] | None = None,
+    ) -> AlsModel:
         users, items, losses = fit_als(train, params, threads, on_iteration=on_iteration)
         model = cls(users, items, threads, regularization=params.regularization, alpha=params.alpha)
         model.losses = losses

@@ -212,13 +212,6 @@ def exclude(block: np.ndarray, rows: sp.csr_matrix) -> np.ndarray:
     return block
 
 
-def item_row(n_items: int, item: int) -> sp.csr_matrix:
-    """A one-row session holding `item` alone."""
-    return sp.csr_matrix(
-        (np.ones(1, dtype=np.float32), (np.zeros(1, dtype=np.int64), [item])), shape=(1, n_items)
-    )
-
-
 def top_n_of(scores: np.ndarray, n: int, skip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The best `n` finite scores of one vector, leaving out the indices `skip`."""
     block = np.where(np.isfinite(scores), scores, -np.inf).astype(np.float32)[None, :]
