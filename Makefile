@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: setup repro test test-all lint format bench fidelity clean-venv
+.PHONY: setup repro test test-all lint format bench bench-families fidelity clean-venv
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,9 @@ format: setup
 
 bench: setup
 	python scripts/benchmark.py
+
+bench-families: setup
+	python scripts/bench_families.py
 
 # the synthetic shop next to the reference's figures, for three seeds (about 15 minutes)
 fidelity: setup

@@ -1,11 +1,15 @@
 """The model bundle: everything a recommendation service needs, and nothing else.
 
-`models/bundle/` holds the factors, the id maps, top-N recommendations precomputed for every
-known user (training items excluded), the cold-start fallback and `metadata.json` (params,
-metrics, input hashes, library versions, shapes). All arrays are pickle-free `.npz` with
-fixed-width unicode ids, so a reader needs numpy alone. No timestamps anywhere: the same
-inputs give a byte-identical bundle. `load_bundle` refuses a bundle whose files do not
-match what its metadata records.
+`models/bundle/` holds the model's serving copy (`model.npz`: the family's item-side arrays,
+without per-user factors), the id maps, top-N recommendations precomputed for every known
+user (training items excluded), the cold-start fallback and `metadata.json` (model type,
+params, metrics, input hashes, library versions, shapes). All arrays are pickle-free `.npz`
+with fixed-width unicode ids. No timestamps anywhere: the same inputs give a byte-identical
+bundle. `load_bundle` refuses a bundle whose files do not match what its metadata records.
+
+Served from it, for every model family: a known user's precomputed list (`recommend`), an
+anonymous session scored from the items it used (`recommend_session`), and the items most
+similar to one item (`similar_items`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ import scipy.sparse as sp
 
 from recsys.errors import StageError
 from recsys.fallback import build_fallback
+from recsys.families import FAMILIES, Family, load_model
+from recsys.families.base import top_n_of
 from recsys.io import load_npz, md5sum, read_json, write_json, write_npz
 from recsys.params import Section
 from recsys.paths import BUNDLE
-from recsys.ranking import top_k_unseen
 
-BUNDLE_FORMAT = 1  # bumped when the bundle's layout changes, so old readers refuse new bundles
+# bumped when the bundle's layout changes, so old readers refuse new bundles
+# (2: any model family, `model.npz` instead of `factors.npz`, `model_type` in the metadata)
+BUNDLE_FORMAT = 2
+MODEL_FILE = "model.npz"
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ class ExportParams:
 
 def build_bundle(
     out: Path,
-    model: Any,
+    model: Family,
     train: sp.csr_matrix,
     user_ids: np.ndarray,
     item_ids: np.ndarray,
@@ -61,14 +69,14 @@ def build_bundle(
 ) -> dict[str, Any]:
     """Write the bundle's files into the (empty) directory `out`; return the metadata.
 
-    `model` is an implicit model holding the float32 factors (`recsys.models`).
+    `model` is a fitted family (`recsys.families`); its serving copy goes in `model.npz`.
     """
     params.check_items(train.shape[1], "the training matrix")
     user_ids = np.asarray(user_ids, dtype=str)
     item_ids = np.asarray(item_ids, dtype=str)
     train = sp.csr_matrix(train)
     train.sort_indices()
-    recs, scores = top_k_unseen(model, train, np.arange(train.shape[0]), params.top_n)
+    recs, scores = model.recommend(np.arange(train.shape[0]), train, params.top_n)
     # A user whose pairs were all held out has no history: the model's row is noise.
     personalised = np.diff(train.indptr) > 0
     recs[~personalised] = -1
@@ -76,7 +84,8 @@ def build_bundle(
     fallback = item_ids[build_fallback(train, categories, params.fallback_size)]
 
     arrays = {
-        "factors.npz": {"user_factors": model.user_factors, "item_factors": model.item_factors},
+        MODEL_FILE: {"family": np.array(model.type)}
+        | {k: v for k, v in model.arrays().items() if k not in model.USER_ARRAYS},
         "ids.npz": {"user_ids": user_ids, "item_ids": item_ids},
         "recommendations.npz": {
             "items": recs,
@@ -88,6 +97,7 @@ def build_bundle(
     files_md5 = {name: write_npz(out / name, **members) for name, members in arrays.items()}
     meta = {
         "format": BUNDLE_FORMAT,
+        "model_type": model.type,
         "top_n": params.top_n,
         "fallback_size": int(fallback.size),
         "users": int(user_ids.size),
@@ -114,14 +124,22 @@ _REQUIRED = {
 
 
 class Recommendations(list[str]):
-    """Item ids, best first, plus `source` ("personalised" or "fallback") and whether the
-    user is in the bundle at all (a known user whose pairs were all held out has no
-    history, so gets the fallback too)."""
+    """Item ids, best first, plus `source` ("personalised" or "fallback"), whether the
+    user (or item) is in the bundle at all (a known user whose pairs were all held out has
+    no history, so gets the fallback too) and the model's `scores` of the items when it
+    scored them (None for the fallback)."""
 
-    def __init__(self, items: Sequence[str], source: str, known: bool) -> None:
+    def __init__(
+        self,
+        items: Sequence[str],
+        source: str,
+        known: bool,
+        scores: Sequence[float] | None = None,
+    ) -> None:
         super().__init__(items)
         self.source = source
         self.known = known
+        self.scores = None if scores is None else [float(x) for x in scores]
 
     @property
     def is_fallback(self) -> bool:
@@ -139,12 +157,15 @@ class Bundle:
     personalised: np.ndarray
     fallback: np.ndarray
     metadata: dict[str, Any]
+    model: Family
     _rows: dict[str, int] = field(init=False, repr=False)
+    _items: dict[str, int] = field(init=False, repr=False)
     _fallback_list: list[str] = field(init=False, repr=False)
     _sorted: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rows = dict(zip(self.user_ids.tolist(), range(self.user_ids.size), strict=True))
+        self._items = dict(zip(self.item_ids.tolist(), range(self.item_ids.size), strict=True))
         self._fallback_list = self.fallback.tolist()
 
     @property
@@ -168,7 +189,57 @@ class Bundle:
         if row is None or not self.personalised[row]:
             return Recommendations(self._fallback_list[:n], FALLBACK, known=row is not None)
         top = self.items[row, :n]
-        return Recommendations(self.item_ids[top[top >= 0]].tolist(), PERSONALISED, known=True)
+        filled = top >= 0
+        return Recommendations(
+            self.item_ids[top[filled]].tolist(),
+            PERSONALISED,
+            known=True,
+            scores=self.scores[row, :n][filled].tolist(),
+        )
+
+    def recommend_session(
+        self, item_ids: Sequence[str], n: int = 10
+    ) -> tuple[Recommendations, list[str]]:
+        """Top-`n` items for an anonymous session from the items it used (those excluded),
+        scored by the model (ALS folds the session in; similarity families sum item
+        similarities; popular ranks by popularity). Also returns the ids the bundle does not
+        know, which are ignored; with no known item the answer is the fallback."""
+        self.check_n(n)
+        if isinstance(item_ids, str):
+            raise StageError("item_ids must be a list of item ids, not one string")
+        known: list[int] = []
+        unknown: list[str] = []
+        for item in item_ids:  # one session's few items, not users
+            col = self._items.get(str(item))
+            if col is None:
+                unknown.append(str(item))
+            elif col not in known:
+                known.append(col)
+        if not known:
+            return Recommendations(self._fallback_list[:n], FALLBACK, known=False), unknown
+        cols = np.asarray(known, dtype=np.int64)
+        row = sp.csr_matrix(
+            (np.ones(cols.size, dtype=np.float32), (np.zeros(cols.size, dtype=np.int64), cols)),
+            shape=(1, self.item_ids.size),
+        )
+        ids, scores = top_n_of(self.model.score_session(row)[0], n, cols)
+        recs = Recommendations(
+            self.item_ids[ids].tolist(), PERSONALISED, known=False, scores=scores.tolist()
+        )
+        return recs, unknown
+
+    def similar_items(self, item_id: str, n: int = 10) -> Recommendations:
+        """The `n` items most similar to `item_id` (itself excluded), with scores: cosine of
+        factors for factor models, the learned similarity row for kNN, EASE and RP3beta,
+        popularity for popular. An unknown item is a StageError naming it."""
+        self.check_n(n)
+        col = self._items.get(str(item_id))
+        if col is None:
+            raise StageError(f"item {item_id!r} is not in the bundle's catalogue")
+        ids, scores = self.model.similar_items(col, n)
+        return Recommendations(
+            self.item_ids[ids].tolist(), PERSONALISED, known=True, scores=scores.tolist()
+        )
 
     def recommend_many(self, user_ids: Sequence[str], n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised batch: (users x n) item ids ("" in unfillable slots), fallback flags."""
@@ -206,14 +277,20 @@ def load_bundle(path: Path | str = BUNDLE) -> Bundle:
                 raise StageError(f"{path}/{name}: missing array '{key}'; re-run export")
             arrays[key] = loaded[key]
     _check_shapes(path, arrays)
-    return Bundle(metadata=metadata, **arrays)
+    kind = metadata.get("model_type")
+    if kind not in FAMILIES:
+        raise StageError(
+            f"{path}/metadata.json: model_type {kind!r}; expected one of {', '.join(FAMILIES)}"
+        )
+    model = load_model(path / MODEL_FILE, kind, (None, arrays["item_ids"].size), threads=1)
+    return Bundle(metadata=metadata, model=model, **arrays)
 
 
 def _check_files(path: Path, metadata: dict[str, Any]) -> None:
     """Every file the export wrote, unchanged: a truncated or swapped file is refused here,
     not discovered by a user as odd recommendations."""
     recorded = metadata.get("files_md5")
-    files = {*_REQUIRED, "factors.npz"}
+    files = {*_REQUIRED, MODEL_FILE}
     if not isinstance(recorded, dict) or not files <= set(recorded):
         raise StageError(
             f"{path}/metadata.json: files_md5 must list {', '.join(sorted(files))}; re-run export"

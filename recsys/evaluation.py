@@ -6,6 +6,11 @@ divides by min(K, |held-out|), as `implicit.evaluation` does: not the reference 
 comparison with a second model on 20 users. Also scored: the most-popular baseline, the
 cold-start fallback on users with <= 1 training item, what the bundle actually serves, and
 how often recommendations fall in the user's persona categories.
+
+Error bars: MAP@K and NDCG@K get a 95% interval from a seeded bootstrap over users, and the
+model's paired difference to most-popular (same users) its own interval
+(`recsys.bootstrap`); the per-user values are written too, so two runs can be compared
+user by user (`scripts/compare.py`).
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
+from recsys.bootstrap import interval
 from recsys.errors import StageError
-from recsys.metrics import METRICS, category_share, evaluate_recs
+from recsys.families.base import Family
+from recsys.metrics import METRICS, category_share, evaluate_recs, per_user_metrics
 from recsys.params import Section
 from recsys.paths import ITEM_IDS, TEST, TRAIN, USER_IDS
-from recsys.ranking import popularity_ranking, top_k_excluding, top_k_unseen
+from recsys.ranking import popularity_ranking, top_k_excluding
 
 DIGITS = 6
 
@@ -33,10 +39,16 @@ class EvaluateParams:
     """`evaluate:` params."""
 
     k: int
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 0
 
     @classmethod
     def from_section(cls, s: Section) -> EvaluateParams:
-        return cls(k=s.int("k", min=1, max=1000))
+        return cls(
+            k=s.int("k", min=1, max=1000),
+            bootstrap_samples=s.int("bootstrap_samples", 1000, min=100, max=100_000),
+            bootstrap_seed=s.int("bootstrap_seed", 0, min=0, max=2**32 - 1),
+        )
 
 
 def check_split(
@@ -59,12 +71,15 @@ def evaluated_users(test: sp.csr_matrix) -> np.ndarray:
 
 
 def score_model_and_baseline(
-    model: AlternatingLeastSquares, train: sp.csr_matrix, test: sp.csr_matrix, k: int
+    model: Family, train: sp.csr_matrix, test: sp.csr_matrix, k: int
 ) -> dict[str, Any]:
-    """Recommendations and metrics (every k) of the model and most-popular on all users."""
+    """Recommendations and metrics (every k) of the model and most-popular on all users,
+    plus the seconds the model's own scoring took (`scoring_seconds`)."""
     users = evaluated_users(test)
     test_rows = test[users]
-    model_recs = top_k_unseen(model, train, users, k)[0]
+    start = time.perf_counter()
+    model_recs = model.recommend(users, train, k)[0]
+    scoring_seconds = time.perf_counter() - start
     baseline_recs = top_k_excluding(popularity_ranking(train), train[users], k)
     return {
         "users": users,
@@ -72,7 +87,43 @@ def score_model_and_baseline(
         "baseline_recs": baseline_recs,
         "model": evaluate_recs(model_recs, test_rows),
         "baseline": evaluate_recs(baseline_recs, test_rows),
+        "scoring_seconds": scoring_seconds,
     }
+
+
+def error_bars(
+    scored: dict[str, Any], test: sp.csr_matrix, samples: int, seed: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """95% bootstrap intervals of MAP@K and NDCG@K and of the paired difference to
+    most-popular, plus the per-user values (user row, AP, NDCG, baseline AP and NDCG).
+
+    One resampling of users serves every statistic (same seed, same replicates), so the
+    intervals are consistent with each other.
+    """
+    test_rows = test[scored["users"]]
+    model = per_user_metrics(scored["model_recs"], test_rows)
+    base = per_user_metrics(scored["baseline_recs"], test_rows)
+    columns = np.stack(
+        [model["ap"], model["ndcg"], model["ap"] - base["ap"], model["ndcg"] - base["ndcg"]],
+        axis=1,
+    )
+    low, high = interval(columns, samples, seed)
+    bars: dict[str, Any] = {}
+    versus: dict[str, Any] = {}
+    for i, name in enumerate(("map_at_k", "ndcg_at_k")):
+        bars[f"{name}_ci_low"], bars[f"{name}_ci_high"] = _round(low[i]), _round(high[i])
+        versus[name] = _round(columns[:, 2 + i].mean())
+        versus[f"{name}_ci_low"] = _round(low[2 + i])
+        versus[f"{name}_ci_high"] = _round(high[2 + i])
+    bars["vs_baseline"] = versus
+    per_user = {
+        "user": scored["users"].astype(np.int32),
+        "ap": model["ap"].astype(np.float32),
+        "ndcg": model["ndcg"].astype(np.float32),
+        "baseline_ap": base["ap"].astype(np.float32),
+        "baseline_ndcg": base["ndcg"].astype(np.float32),
+    }
+    return bars, per_user
 
 
 def summary(result: dict[str, Any], users: int) -> dict[str, Any]:
@@ -121,32 +172,40 @@ def _round(value: float) -> float:
 
 
 def benchmark_evaluate(
-    train: sp.csr_matrix, test: sp.csr_matrix, model: AlternatingLeastSquares, k: int
+    train: sp.csr_matrix, test: sp.csr_matrix, model: Family, k: int
 ) -> dict[str, float]:
     """Seconds for our full scoring (model + baseline + every metric at every k) versus
-    `implicit.evaluation.ranking_metrics_at_k` alone on the same model, same process."""
+    `implicit.evaluation.ranking_metrics_at_k` alone on the same model, same process
+    (for families implicit has; NaN for the others)."""
     from implicit.evaluation import ranking_metrics_at_k
 
     start = time.perf_counter()
     ours = score_model_and_baseline(model, train, test, k)
     ours_seconds = time.perf_counter() - start
-
-    start = time.perf_counter()
-    with threadpool_limits(1, "blas"):
-        theirs = ranking_metrics_at_k(
-            model, train, test, K=k, show_progress=False, num_threads=model.num_threads
-        )
-    implicit_seconds = time.perf_counter() - start
-    return {
+    result = {
         "users": int(ours["users"].size),
         "k": int(k),
         "ours_seconds": ours_seconds,
-        "implicit_seconds": implicit_seconds,
+        "scoring_seconds": ours["scoring_seconds"],
         "map_ours": float(ours["model"]["map_at_k"][-1]),
-        "map_implicit": float(theirs["map"]),
         "ndcg_ours": float(ours["model"]["ndcg_at_k"][-1]),
-        "ndcg_implicit": float(theirs["ndcg"]),
+        "implicit_seconds": float("nan"),
+        "map_implicit": float("nan"),
+        "ndcg_implicit": float("nan"),
     }
+    theirs_model = model.implicit_model
+    if theirs_model is None:
+        return result
+    start = time.perf_counter()
+    with threadpool_limits(1, "blas"):
+        theirs = ranking_metrics_at_k(
+            theirs_model, train, test, K=k, show_progress=False,
+            num_threads=getattr(theirs_model, "num_threads", 1),
+        )  # fmt: skip
+    result["implicit_seconds"] = time.perf_counter() - start
+    result["map_implicit"] = float(theirs["map"])
+    result["ndcg_implicit"] = float(theirs["ndcg"])
+    return result
 
 
 def score_served(
@@ -216,23 +275,27 @@ def score_cold_start(
 
 
 def evaluate_model(
-    model: AlternatingLeastSquares,
+    model: Family,
     train: sp.csr_matrix,
     test: sp.csr_matrix,
-    k: int,
+    params: EvaluateParams,
     fallback: np.ndarray,
     segments: np.ndarray | None = None,
     personas: np.ndarray | None = None,
     categories: np.ndarray | None = None,
-) -> tuple[dict[str, Any], str]:
-    """Every metric of metrics.json and the per-k CSV, for a model on a train/test split.
+) -> tuple[dict[str, Any], str, dict[str, np.ndarray], float]:
+    """Every metric of metrics.json, the per-k CSV, the per-user values and the model's
+    scoring seconds, for a model on a train/test split.
 
     `segments` and `personas` hold one label per user row (e.g. web/store, the persona);
     `categories` one per item column. Each is optional: metadata a log may not have.
     """
+    k = params.k
     scored = score_model_and_baseline(model, train, test, k)
     users = scored["users"]
     metrics: dict[str, Any] = summary(scored["model"], users.size)
+    bars, per_user = error_bars(scored, test, params.bootstrap_samples, params.bootstrap_seed)
+    metrics |= bars
     metrics["k"] = k
     metrics["baseline"] = summary(scored["baseline"], users.size)
     metrics["fallback"] = score_cold_start(
@@ -246,4 +309,4 @@ def evaluate_model(
                 name: _round(category_share(scored[f"{name}_recs"], group, item_cat, allowed))
                 for name in ("model", "baseline")
             } | {"users": int((group >= 0).sum())}
-    return metrics, ranking_csv(scored["model"])
+    return metrics, ranking_csv(scored["model"]), per_user, scored["scoring_seconds"]

@@ -59,18 +59,19 @@ def hits_matrix(recs: np.ndarray, test_rows: sp.csr_matrix) -> np.ndarray:
     return valid & (keys[pos] == query)
 
 
-def metrics_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> dict[str, np.ndarray]:
-    """Mean of each metric over users, for every k = 1..K (arrays of length K).
-
-    `n_relevant` is each user's number of held-out items; users must have at least one.
-    """
+def _checked(hits: np.ndarray, n_relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     hits = np.asarray(hits, dtype=bool)
     n_rel = np.asarray(n_relevant, dtype=np.float64)
-    n_users, top_k = hits.shape
-    if n_users == 0:
+    if hits.shape[0] == 0:
         raise ValueError("no users to evaluate")
-    if n_rel.shape != (n_users,) or (n_rel < 1).any():
+    if n_rel.shape != (hits.shape[0],) or (n_rel < 1).any():
         raise ValueError("n_relevant must be >= 1 for every user")
+    return hits, n_rel
+
+
+def _per_user_at_k(hits: np.ndarray, n_rel: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric per user and k (users x K float64 arrays)."""
+    top_k = hits.shape[1]
     ranks = np.arange(1, top_k + 1, dtype=np.float64)
     h = hits.astype(np.float64)
     cum_hits = np.cumsum(h, axis=1)
@@ -82,12 +83,29 @@ def metrics_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> dict[str, np.ndarr
     dcg = np.cumsum(h * discounts, axis=1)
     ideal_dcg = np.cumsum(discounts)[ideal_hits.astype(np.int64) - 1]
     return {
-        "map_at_k": ap.mean(axis=0),
-        "precision_at_k": (cum_hits / ranks).mean(axis=0),
-        "recall_at_k": (cum_hits / n_rel[:, None]).mean(axis=0),
-        "ndcg_at_k": (dcg / ideal_dcg).mean(axis=0),
-        "hit_rate_at_k": (cum_hits > 0).mean(axis=0),
+        "map_at_k": ap,
+        "precision_at_k": cum_hits / ranks,
+        "recall_at_k": cum_hits / n_rel[:, None],
+        "ndcg_at_k": dcg / ideal_dcg,
+        "hit_rate_at_k": (cum_hits > 0).astype(np.float64),
     }
+
+
+def metrics_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean of each metric over users, for every k = 1..K (arrays of length K).
+
+    `n_relevant` is each user's number of held-out items; users must have at least one.
+    """
+    per_user = _per_user_at_k(*_checked(hits, n_relevant))
+    return {name: values.mean(axis=0) for name, values in per_user.items()}
+
+
+def per_user_metrics(recs: np.ndarray, test_rows: sp.csr_matrix) -> dict[str, np.ndarray]:
+    """AP@K and NDCG@K of each user (float64, one per row), whose means are `map_at_k` and
+    `ndcg_at_k`: what the bootstrap resamples and what two runs are compared on."""
+    hits, n_rel = _checked(hits_matrix(recs, test_rows), np.diff(test_rows.indptr))
+    per_user = _per_user_at_k(hits, n_rel)
+    return {"ap": per_user["map_at_k"][:, -1], "ndcg": per_user["ndcg_at_k"][:, -1]}
 
 
 def coverage(recs: np.ndarray, n_items: int) -> float:

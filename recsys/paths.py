@@ -18,9 +18,15 @@ USER_IDS = Path("data/user_ids.csv")
 ITEM_IDS = Path("data/item_ids.csv")
 TRAIN = Path("data/train.npz")
 TEST = Path("data/test.npz")
-MODEL = Path("models/als.npz")
+MODEL = Path("models/als.npz")  # the default family's model (model_file("als"))
+PER_USER = Path("data/per_user.npz")  # evaluate's per-user AP and NDCG (DVC-tracked)
 TRAIN_LOSS = Path("metrics/train_loss.csv")
 TRAIN_PROGRESS = Path("metrics/train.json")
 METRICS_JSON = Path("metrics/metrics.json")
 RANKING_AT_K = Path("metrics/ranking_at_k.csv")
 BUNDLE = Path("models/bundle")
+
+
+def model_file(family: str) -> Path:
+    """The train stage's output for `model.type` = family: `models/<family>.npz`."""
+    return Path(f"models/{family}.npz")

@@ -80,8 +80,8 @@ def baselines(repo: Path, repeat: int) -> dict[str, float]:
         from dataclasses import replace
 
         from recsys.evaluation import benchmark_evaluate
+        from recsys.families.als import AlsModel, AlsParams, make_model
         from recsys.io import load_csr, load_npz
-        from recsys.models import AlsParams, make_model
         from recsys.params import load
         from recsys.threads import stage_threads
 
@@ -99,9 +99,8 @@ def baselines(repo: Path, repeat: int) -> dict[str, float]:
                 model.fit(train, show_progress=False)
                 fits[loss] = min(fits.get(loss, float("inf")), time.perf_counter() - start)
             saved = load_npz("models/als.npz")
-            model.user_factors = saved["user_factors"]
-            model.item_factors = saved["item_factors"]
-        scoring = benchmark_evaluate(train, test, model, k)
+            served = AlsModel.from_factors(saved["user_factors"], saved["item_factors"], threads)
+        scoring = benchmark_evaluate(train, test, served, k)
         return {
             "fit": fits[als.track_loss],
             "fit_no_loss": fits[False],

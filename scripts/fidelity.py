@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recsys.events import ImportParams  # noqa: E402
+from recsys.families.als import AlsParams, make_model, model_from_factors  # noqa: E402
 from recsys.fidelity import ARTICLE_SCORES, cooccurrence, log_from_frames, pair_shapes  # noqa: E402
 from recsys.metrics import evaluate_recs  # noqa: E402
-from recsys.models import AlsParams, make_model, model_from_factors  # noqa: E402
 from recsys.params import load  # noqa: E402
 from recsys.paths import INTERACTIONS, ITEMS, USERS  # noqa: E402
 from recsys.ranking import popularity_ranking, top_k_excluding, top_k_unseen  # noqa: E402

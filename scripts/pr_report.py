@@ -4,6 +4,12 @@ CI posts it as the pull-request comment. Every number comes from DVC's own diff 
 as subprocesses, so the comment always agrees with what a reviewer gets from `dvc metrics diff`
 and `dvc params diff` on their machine.
 
+Next to the change of map_at_k (and ndcg_at_k) it says whether the change is beyond noise:
+with both sides' per-user values (`data/per_user.npz`, fetched with `dvc get`) on the same
+held-out pairs, a paired bootstrap over those users gives the change's 95% interval;
+otherwise the two runs' own intervals (`*_ci_low` / `*_ci_high` in metrics.json) are compared,
+which is coarser (overlapping intervals can hide a real, consistent gain).
+
     python scripts/pr_report.py --base origin/main [--new REV] [--out report.md]
                                 [--plots-dir report_plots [--plots-url URL]]
 """
@@ -17,14 +23,27 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the bootstrap lives in the package (recsys/bootstrap.py)
+
+from recsys.bootstrap import paired_difference, verdict  # noqa: E402
+
 HEADLINE_METRIC = "map_at_k"
 WORKSPACE = "workspace"
 EXIT_USER_ERROR = 2
+PER_USER = "data/per_user.npz"
+# metric name -> per-user array in PER_USER whose mean it is
+NOISE_CHECKED = {"map_at_k": "ap", "ndcg_at_k": "ndcg"}
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 0
 
 
 class ReportError(Exception):
@@ -79,11 +98,15 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _table(rows: list[Row], label: str, with_path: bool) -> list[str]:
+def _table(
+    rows: list[Row], label: str, with_path: bool, noise: dict[str, Noise] | None = None
+) -> list[str]:
     head = (["File"] if with_path else []) + [label, "Old", "New", "Change", "Change %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         absolute, relative = format_change(row.old, row.new)
+        if noise and row.name in noise and row.old != row.new:
+            absolute = noise[row.name].cell
         name = f"**{row.name}**" if row.name == HEADLINE_METRIC else row.name
         cells = ([_escape(row.path)] if with_path else []) + [
             _escape(name),
@@ -100,6 +123,105 @@ def _changed(row: Row) -> bool:
     return row.old != row.new
 
 
+@dataclass(frozen=True)
+class Noise:
+    """Whether one metric's change is beyond noise, and how that was decided."""
+
+    change: float
+    low: float | None  # the change's interval (paired), or None when judged by two intervals
+    high: float | None
+    verdict: str  # "significant" / "within noise" / "unknown"
+    method: str  # one sentence for the report
+
+    @property
+    def cell(self) -> str:
+        if self.low is None or self.high is None:
+            return f"{self.change:+.4f}, {self.verdict}"
+        return f"{self.change:+.4f} [{self.low:+.4f}, {self.high:+.4f}], {self.verdict}"
+
+
+def _load_per_user(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError):
+        return None
+
+
+def per_user_values(repo: Path, rev: str) -> dict[str, np.ndarray] | None:
+    """A revision's `data/per_user.npz` (from the DVC cache or remote), or None when that
+    revision has none (older pipeline, or not fetchable)."""
+    if rev == WORKSPACE:
+        path = repo / PER_USER
+        return _load_per_user(path) if path.is_file() else None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "per_user.npz"
+        try:
+            _dvc(["get", ".", PER_USER, "--rev", rev, "-o", str(out), "--force"], repo)
+        except ReportError:
+            return None
+        return _load_per_user(out)
+
+
+def _same_users(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> bool:
+    """Paired only on the same held-out pairs (same test split) and the same K."""
+    keys = ("user", "test_md5", "k")
+    if not all(k in old and k in new for k in keys):
+        return False
+    return (
+        str(old["test_md5"]) == str(new["test_md5"])
+        and int(old["k"]) == int(new["k"])
+        and np.array_equal(old["user"], new["user"])
+    )
+
+
+def noise_checks(
+    metrics: list[Row],
+    old_users: dict[str, np.ndarray] | None,
+    new_users: dict[str, np.ndarray] | None,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Noise]:
+    """For map_at_k and ndcg_at_k when they changed: a paired bootstrap over the same users
+    if both sides' per-user values are there, else the two runs' own 95% intervals."""
+    by_name = {row.name: row for row in metrics}
+    paired = old_users is not None and new_users is not None and _same_users(old_users, new_users)
+    out: dict[str, Noise] = {}
+    for name, column in NOISE_CHECKED.items():
+        row = by_name.get(name)
+        if row is None or not (_is_number(row.old) and _is_number(row.new)) or row.old == row.new:
+            continue
+        change = float(row.new - row.old)
+        if paired and column in old_users and column in new_users:  # type: ignore[operator]
+            mean, low, high = paired_difference(
+                new_users[column],
+                old_users[column],
+                samples,
+                seed,  # type: ignore[index]
+            )
+            n = int(new_users["user"].size)  # type: ignore[index]
+            method = (
+                f"95% paired bootstrap over the same {n:,} users ({samples} resamples, seed {seed})"
+            )
+            out[name] = Noise(mean, low, high, verdict(low, high), method)
+            continue
+        bounds = [by_name.get(f"{name}_ci_{end}") for end in ("low", "high")]
+        values = [(b.old, b.new) if b is not None else (None, None) for b in bounds]
+        (old_low, new_low), (old_high, new_high) = values
+        if not all(_is_number(v) for v in (old_low, new_low, old_high, new_high)):
+            method = "no error bars on one side (metrics from before they were computed)"
+            out[name] = Noise(change, None, None, "unknown", method)
+            continue
+        apart = new_low > old_high or old_low > new_high
+        method = (
+            f"the two runs' 95% intervals, [{old_low:.4f}, {old_high:.4f}] and "
+            f"[{new_low:.4f}, {new_high:.4f}], {'do not overlap' if apart else 'overlap'} "
+            "(no per-user values on both sides for the same users, so no paired test)"
+        )
+        out[name] = Noise(change, None, None, "significant" if apart else "within noise", method)
+    return out
+
+
 def render_report(
     base: str,
     new: str,
@@ -107,11 +229,13 @@ def render_report(
     params: list[Row],
     plots: list[tuple[str, str]] | None = None,
     plots_page: str | None = None,
+    noise: dict[str, Noise] | None = None,
 ) -> str:
     """Markdown for the comment: headline, metric table, param table, then the plots.
 
     `metrics` holds every metric (changed or not) in display order; `params` only the changed
     params. `plots` is (title, image path or URL) pairs; `plots_page` links the interactive page.
+    `noise` says, per checked metric, whether its change is beyond noise.
     """
     changed_metrics = [row for row in metrics if _changed(row)]
     lines = [f"## DVC report: `{base}` -> `{new}`", ""]
@@ -122,12 +246,14 @@ def render_report(
         lines += [f"Changed: {len(changed_metrics)} of {len(metrics)} metrics, {n_params}.", ""]
 
     lines += ["### Metrics", ""]
+    for name, check in (noise or {}).items():
+        lines += [f"**{name}** {check.cell}: {check.method}.", ""]
     if metrics:
         with_path = len({row.path for row in metrics}) > 1
         # map_at_k and whatever moved stay in view; the unchanged rest folds away
         shown = [row for i, row in enumerate(metrics) if i == 0 or _changed(row)]
         folded = [row for i, row in enumerate(metrics) if i > 0 and not _changed(row)]
-        lines += _table(shown, "Metric", with_path)
+        lines += _table(shown, "Metric", with_path, noise)
         if folded:
             lines += ["", f"<details><summary>{len(folded)} unchanged metrics</summary>", ""]
             lines += _table(folded, "Metric", with_path)
@@ -314,10 +440,13 @@ def build_report(
     with ThreadPoolExecutor(max_workers=3) as pool:
         metrics_job = pool.submit(metric_rows, repo, base, new)
         params_job = pool.submit(param_rows, repo, base, new)
+        old_job = pool.submit(per_user_values, repo, base)
+        new_job = pool.submit(per_user_values, repo, new)
         plots_job = (
             None if plots_dir is None else pool.submit(per_k_plots, repo, base, new, plots_dir)
         )
         metrics, params = metrics_job.result(), params_job.result()
+        noise = noise_checks(metrics, old_job.result(), new_job.result())
         rendered = None if plots_job is None else plots_job.result()
     plots = page = None
     if rendered is not None:
@@ -329,7 +458,7 @@ def build_report(
 
         plots = [(title, rel(image)) for title, image in images]
         page = plots_url or (rel(html) if html.exists() else None)
-    return render_report(base, new, metrics, params, plots, page)
+    return render_report(base, new, metrics, params, plots, page, noise)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

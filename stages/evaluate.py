@@ -4,15 +4,15 @@ from recsys.bundle import ExportParams
 from recsys.cli import run_stage
 from recsys.evaluation import EvaluateParams, check_split, evaluate_model
 from recsys.fallback import build_fallback, load_item_categories
+from recsys.families import load_model, load_model_params, model_file
 from recsys.ids import aligned, load_ids, read_id_table
-from recsys.io import load_csr, write_json, write_text
-from recsys.models import load_factors, model_from_factors
+from recsys.io import load_csr, md5sum, write_json, write_npz, write_text
 from recsys.params import load
 from recsys.paths import (
     ITEM_IDS,
     ITEMS,
     METRICS_JSON,
-    MODEL,
+    PER_USER,
     RANKING_AT_K,
     TEST,
     TRAIN,
@@ -24,6 +24,7 @@ from recsys.threads import stage_threads
 
 def main() -> None:
     params = load(EvaluateParams.from_section, "evaluate")
+    kind = load_model_params().type
     fallback_size = load(ExportParams.from_section, "export").fallback_size
     threads = stage_threads()
     train, test = load_csr(TRAIN), load_csr(TEST)
@@ -33,13 +34,13 @@ def main() -> None:
     users = read_id_table(USERS, "USER_ID", ["PERSONA", "SEGMENT"])
     columns = {c: aligned(users, "USER_ID", c, user_ids) for c in ("PERSONA", "SEGMENT")
                if c in users}  # fmt: skip
-    model = model_from_factors(*load_factors(MODEL, *train.shape), threads)
+    model = load_model(model_file(kind), kind, train.shape, threads)
 
-    metrics, per_k = evaluate_model(
+    metrics, per_k, per_user, seconds = evaluate_model(
         model,
         train,
         test,
-        params.k,
+        params,
         build_fallback(train, categories, fallback_size),
         segments=columns.get("SEGMENT"),
         personas=columns.get("PERSONA"),
@@ -47,9 +48,13 @@ def main() -> None:
     )
     write_text(RANKING_AT_K, per_k)
     write_json(METRICS_JSON, metrics)
+    # the held-out pairs' hash: per-user values pair up across runs only on the same split
+    write_npz(PER_USER, k=params.k, test_md5=md5sum(TEST), **per_user)
     print(
-        f"evaluate: {metrics['users']:,} users, MAP@{params.k} {metrics['map_at_k']:.4f} "
-        f"(most popular {metrics['baseline']['map_at_k']:.4f}, threads={threads})"
+        f"evaluate: {kind}, {metrics['users']:,} users, MAP@{params.k} {metrics['map_at_k']:.4f} "
+        f"[{metrics['map_at_k_ci_low']:.4f}, {metrics['map_at_k_ci_high']:.4f}] "
+        f"(most popular {metrics['baseline']['map_at_k']:.4f}); scoring {seconds:.2f}s, "
+        f"threads={threads}"
     )
 
 

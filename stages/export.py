@@ -7,17 +7,18 @@ from recsys.bundle import ExportParams, build_bundle
 from recsys.cli import run_stage
 from recsys.errors import StageError
 from recsys.fallback import load_item_categories
+from recsys.families import load_family, load_model, model_file
 from recsys.ids import load_ids
 from recsys.io import atomic_dir, load_csr, md5sum, read_json
-from recsys.models import AlsParams, load_factors, model_from_factors
 from recsys.params import load
-from recsys.paths import BUNDLE, ITEM_IDS, ITEMS, METRICS_JSON, MODEL, TRAIN, USER_IDS
+from recsys.paths import BUNDLE, ITEM_IDS, ITEMS, METRICS_JSON, TRAIN, USER_IDS
 from recsys.threads import stage_threads
 
 
 def main() -> None:
     params = load(ExportParams.from_section, "export")
-    als = load(AlsParams.from_section, "als")  # recorded in the metadata, validated as train does
+    # recorded in the metadata, validated as train does
+    family, family_params = load_family()
     threads = stage_threads()
     user_ids, item_ids = load_ids(USER_IDS, "USER_ID"), load_ids(ITEM_IDS, "ITEM_ID")
     params.check_items(item_ids.size, ITEM_IDS)
@@ -27,19 +28,25 @@ def main() -> None:
             f"{TRAIN} has shape {train.shape} but {USER_IDS}/{ITEM_IDS} list "
             f"{user_ids.size} users x {item_ids.size} items; re-run dvc repro"
         )
-    model = model_from_factors(*load_factors(MODEL, *train.shape), threads)
+    path = model_file(family.type)
+    model = load_model(path, family.type, train.shape, threads)
     extra = {
-        "params": {"als": asdict(als), "export": asdict(params)},
+        "params": {
+            "model": {"type": family.type},
+            family.type: asdict(family_params),
+            "export": asdict(params),
+        },
         "metrics": read_json(METRICS_JSON),
-        "inputs_md5": {str(TRAIN): md5sum(TRAIN), str(MODEL): md5sum(MODEL)},
+        "inputs_md5": {str(TRAIN): md5sum(TRAIN), str(path): md5sum(path)},
         "platform": describe(),  # CPU architecture, BLAS kernels, library versions
     }
     categories = load_item_categories(ITEMS, item_ids)
     with atomic_dir(BUNDLE) as out:
         meta = build_bundle(out, model, train, user_ids, item_ids, categories, params, extra)
     print(
-        f"export: {BUNDLE}/ with top-{params.top_n} for {meta['personalised_users']:,} of "
-        f"{meta['users']:,} users, fallback of {meta['fallback_size']} items"
+        f"export: {BUNDLE}/ ({family.type}) with top-{params.top_n} for "
+        f"{meta['personalised_users']:,} of {meta['users']:,} users, fallback of "
+        f"{meta['fallback_size']} items"
     )
 
 

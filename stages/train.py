@@ -1,40 +1,42 @@
-"""Stage `train`: fit implicit's ALS on the training pairs; float32 factors, loss per iteration."""
+"""Stage `train`: fit the `model.type` family on the training pairs into `models/<type>.npz`."""
 
 import sys
 import time
 
 from recsys.cli import run_stage
-from recsys.io import live_json, load_csr, write_npz, write_text
-from recsys.models import AlsParams, check_train, fit_als, loss_csv, slow_fit_warning
-from recsys.params import load
-from recsys.paths import MODEL, TRAIN, TRAIN_LOSS, TRAIN_PROGRESS
+from recsys.families import load_family, model_file
+from recsys.families.als import check_train, loss_csv
+from recsys.io import live_json, load_csr, write_text
+from recsys.paths import TRAIN, TRAIN_LOSS, TRAIN_PROGRESS
 from recsys.threads import stage_threads
 
 
 def main() -> None:
-    als = load(AlsParams.from_section, "als")
+    family, params = load_family()
     threads = stage_threads()
     train = check_train(load_csr(TRAIN))
-    warning = slow_fit_warning(train.shape, als, threads)
+    warning = family.preflight(train.shape, params, threads)  # may refuse (EASE memory)
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    iterations = family.iterations(params)
 
     with live_json(TRAIN_PROGRESS) as publish:  # live in `dvc exp show`; undone on failure
 
         def report(iteration: int, loss: float | None) -> None:
-            done = {"iteration": iteration, "iterations": als.iterations}
+            done = {"iteration": iteration, "iterations": iterations}
             publish(done if loss is None else done | {"loss": round(loss, 8)})
 
         report(0, None)
         start = time.perf_counter()
-        users, items, losses = fit_als(train, als, threads, on_iteration=report)
-        write_npz(MODEL, user_factors=users, item_factors=items)
-        write_text(TRAIN_LOSS, loss_csv(losses))
+        model = family.fit(train, params, threads, on_iteration=report)
+        seconds = time.perf_counter() - start
+        model.save(model_file(family.type))
+        write_text(TRAIN_LOSS, loss_csv(model.losses))
+    losses = model.losses
     print(
-        f"train: {train.shape[0]:,} users x {train.shape[1]:,} items, {train.nnz:,} pairs, "
-        f"factors={als.factors} iterations={als.iterations} threads={threads}: "
-        f"fit {time.perf_counter() - start:.2f}s"
-        + (f", final loss {losses[-1]:.6g}" if losses else " (als.track_loss off)")
+        f"train: {family.type} on {train.shape[0]:,} users x {train.shape[1]:,} items, "
+        f"{train.nnz:,} pairs, threads={threads}: fit {seconds:.2f}s"
+        + (f", final loss {losses[-1]:.6g}" if losses else "")
     )
 
 

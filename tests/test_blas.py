@@ -31,7 +31,8 @@ MODEL_OUTPUTS = (
     "metrics/train_loss.csv",
     "metrics/metrics.json",
     "metrics/ranking_at_k.csv",
-    "models/bundle/factors.npz",
+    "models/bundle/model.npz",
+    "data/per_user.npz",
     "models/bundle/recommendations.npz",
     "models/bundle/metadata.json",
 )

@@ -11,9 +11,9 @@ import pytest
 
 from recsys.cli import run_stage
 from recsys.errors import StageError
+from recsys.families.als import load_factors
 from recsys.ids import read_id_table
 from recsys.io import atomic_dir, load_csr, load_npz, write_npz, write_text
-from recsys.models import load_factors
 
 
 @pytest.fixture

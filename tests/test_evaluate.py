@@ -14,10 +14,10 @@ import yaml
 from implicit.evaluation import ranking_metrics_at_k
 
 from recsys.evaluation import benchmark_evaluate, persona_codes, score_model_and_baseline
+from recsys.families.als import AlsModel, AlsParams, fit_als
 from recsys.ids import save_ids
-from recsys.io import save_csr, write_npz
+from recsys.io import save_csr
 from recsys.metrics import METRICS, hits_matrix
-from recsys.models import AlsParams, fit_als, model_from_factors
 from recsys.ranking import popularity_ranking, top_k_unseen
 from tests.conftest import run_module
 
@@ -62,9 +62,9 @@ def fitted() -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("k", [1, 5, 20])
 def test_map_and_ndcg_equal_implicits_evaluation(fitted, k: int) -> None:
     train, test, user_factors, item_factors = fitted
-    model = model_from_factors(user_factors, item_factors, threads=1)
+    model = AlsModel.from_factors(user_factors, item_factors, threads=1)
     ours = score_model_and_baseline(model, train, test, k)["model"]
-    theirs = ranking_metrics_at_k(model, train, test, K=k, show_progress=False)
+    theirs = ranking_metrics_at_k(model.implicit_model, train, test, K=k, show_progress=False)
     assert ours["map_at_k"][-1] == pytest.approx(theirs["map"], abs=1e-6)
     assert ours["ndcg_at_k"][-1] == pytest.approx(theirs["ndcg"], abs=1e-6)
     # A fitted model on clustered data must find something, or the comparison is vacuous.
@@ -78,24 +78,24 @@ def test_every_k_prefix_equals_implicit_at_that_k(fitted) -> None:
     has_train = (train.getnnz(axis=1) > 0).astype(np.float32)
     test = sp.csr_matrix(sp.diags(has_train) @ test)
     test.eliminate_zeros()
-    model = model_from_factors(user_factors, item_factors, threads=1)
+    model = AlsModel.from_factors(user_factors, item_factors, threads=1)
     ours = score_model_and_baseline(model, train, test, 10)["model"]
     for k in (2, 7):
-        theirs = ranking_metrics_at_k(model, train, test, K=k, show_progress=False)
+        theirs = ranking_metrics_at_k(model.implicit_model, train, test, K=k, show_progress=False)
         assert ours["map_at_k"][k - 1] == pytest.approx(theirs["map"], abs=1e-6)
         assert ours["ndcg_at_k"][k - 1] == pytest.approx(theirs["ndcg"], abs=1e-6)
 
 
 def test_model_beats_most_popular_on_clustered_data(fitted) -> None:
     train, test, user_factors, item_factors = fitted
-    model = model_from_factors(user_factors, item_factors, threads=1)
+    model = AlsModel.from_factors(user_factors, item_factors, threads=1)
     scored = score_model_and_baseline(model, train, test, 10)
     assert scored["model"]["map_at_k"][-1] > scored["baseline"]["map_at_k"][-1]
 
 
 def test_recommendations_exclude_training_items(fitted) -> None:
     train, test, user_factors, item_factors = fitted
-    model = model_from_factors(user_factors, item_factors, threads=1)
+    model = AlsModel.from_factors(user_factors, item_factors, threads=1)
     scored = score_model_and_baseline(model, train, test, 10)
     users = scored["users"]
     np.testing.assert_array_equal(users, np.flatnonzero(test.getnnz(axis=1)))
@@ -113,18 +113,20 @@ def test_recommendations_exclude_training_items(fitted) -> None:
 @pytest.mark.parametrize("k", [3, 20])
 def test_recommend_equals_implicits_filtered_recommend(fitted, k: int) -> None:
     train, test, user_factors, item_factors = fitted
-    model = model_from_factors(user_factors, item_factors, threads=1)
+    model = AlsModel.from_factors(user_factors, item_factors, threads=1)
     users = np.flatnonzero(test.getnnz(axis=1))
-    ours = top_k_unseen(model, train, users, k)[0]
-    ids, _ = model.recommend(users, train[users], N=k, filter_already_liked_items=True)
+    ours = top_k_unseen(model.implicit_model, train, users, k)[0]
+    ids, _ = model.implicit_model.recommend(
+        users, train[users], N=k, filter_already_liked_items=True
+    )
     np.testing.assert_array_equal(ours, ids)
 
 
 def test_recommend_marks_slots_beyond_the_unseen_items_as_empty(fitted) -> None:
     _, _, user_factors, item_factors = fitted
-    model = model_from_factors(user_factors[:2], item_factors[:5], threads=1)
+    model = AlsModel.from_factors(user_factors[:2], item_factors[:5], threads=1)
     train = sp.csr_matrix(np.array([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=np.float32))
-    recs = top_k_unseen(model, train, np.array([0, 1]), 4)[0]
+    recs = top_k_unseen(model.implicit_model, train, np.array([0, 1]), 4)[0]
     assert sorted(recs[0, :2].tolist()) == [3, 4]
     np.testing.assert_array_equal(recs[0, 2:], [-1, -1])
     assert sorted(recs[1].tolist()) == sorted(set(recs[1].tolist()))
@@ -153,7 +155,7 @@ def test_persona_codes_parse_web_and_store_personas() -> None:
 
 def test_benchmark_reports_both_timings_and_matching_map(fitted) -> None:
     train, test, user_factors, item_factors = fitted
-    model = model_from_factors(user_factors, item_factors, threads=1)
+    model = AlsModel.from_factors(user_factors, item_factors, threads=1)
     result = benchmark_evaluate(train, test, model, 10)
     assert result["ours_seconds"] > 0 and result["implicit_seconds"] > 0
     assert result["map_ours"] == pytest.approx(result["map_implicit"], abs=1e-6)
@@ -187,8 +189,9 @@ def write_project(repo: Path, fitted, *, persona: bool = True, k: int = 10) -> P
         other = CATEGORIES[(u + 1) % GROUPS]
         lines.append(f"{user_ids[u]},30,F" + (f",{own}_{other}_none" if persona else ""))
     (data / "users.csv").write_text("\n".join(lines) + "\n")
-    write_npz(repo / "models" / "als.npz", user_factors=user_factors, item_factors=item_factors)
+    AlsModel.from_factors(user_factors, item_factors, threads=1).save(repo / "models" / "als.npz")
     params = {
+        "model": {"type": "als"},
         "evaluate": {"k": k},
         "export": {"top_n": 5, "fallback_size": 12},
         "runtime": {"threads": 0},  # 0: RECSYS_THREADS, set by run_evaluate
@@ -213,8 +216,8 @@ def test_stage_writes_stable_metrics_matching_implicit(tmp_path: Path, fitted) -
 
     metrics = json.loads(metrics_bytes)
     train, test, user_factors, item_factors = fitted
-    model = model_from_factors(user_factors, item_factors, threads=1)
-    theirs = ranking_metrics_at_k(model, train, test, K=10, show_progress=False)
+    model = AlsModel.from_factors(user_factors, item_factors, threads=1)
+    theirs = ranking_metrics_at_k(model.implicit_model, train, test, K=10, show_progress=False)
     assert metrics["map_at_k"] == pytest.approx(theirs["map"], abs=1e-6)
     assert metrics["ndcg_at_k"] == pytest.approx(theirs["ndcg"], abs=1e-6)
     assert metrics["k"] == 10
@@ -296,8 +299,8 @@ def test_k_above_the_catalogue_is_a_one_line_error(tmp_path: Path, fitted) -> No
 def test_factors_that_do_not_fit_the_matrix_are_a_one_line_error(tmp_path: Path, fitted) -> None:
     repo = write_project(tmp_path, fitted)
     _, _, user_factors, item_factors = fitted
-    write_npz(
-        repo / "models" / "als.npz", user_factors=user_factors[:-1], item_factors=item_factors
+    AlsModel.from_factors(user_factors[:-1], item_factors, threads=1).save(
+        repo / "models" / "als.npz"
     )
     proc = run_evaluate(repo)
     assert proc.returncode == 2

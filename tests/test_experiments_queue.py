@@ -38,7 +38,12 @@ def queued(
         (repo / "params.yaml").read_text().replace("threads: 1", "threads: 0")
     )
     run(["git", "commit", "-qam", "automatic threads"], repo)
-    sweep = [("f6", "als.factors=6"), ("f10", "als.factors=10"), ("bad", "als.factors=0")]
+    sweep = [
+        ("f6", "als.factors=6"),
+        ("f10", "als.factors=10"),
+        ("bad", "als.factors=0"),
+        ("ease", "model.type=ease"),  # another family: models/ease.npz, same queue
+    ]
     for name, value in sweep:
         run(["dvc", "exp", "run", "--queue", "--name", name, "-S", value], repo)
     env_before = run(["git", "status", "--porcelain"], repo).stdout
@@ -53,12 +58,24 @@ def test_queued_sweep_reruns_only_model_stages_with_shared_cores(
 ) -> None:
     repo, _ = queued
     expected_threads = max(1, len(os.sched_getaffinity(0)) // 2)
-    for name in ["f6", "f10"]:
+    for name in ["f6", "f10", "ease"]:
         logs = run(["dvc", "queue", "logs", name], repo).stdout
         assert "Running stage 'train'" in logs
         assert "Running stage 'generate'" not in logs
         assert "Running stage 'mask'" not in logs
         assert f"threads={expected_threads}:" in logs
+    assert "train: ease on " in run(["dvc", "queue", "logs", "ease"], repo).stdout
+
+
+def test_a_queued_family_switch_keeps_its_own_model_file(queued: tuple[Path, str]) -> None:
+    repo, status = queued
+    assert re.search(r"ease\s.*Success", status), status
+    rows = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    exps = {e.get("name"): e for b in rows for r in b.get("experiments") or [] for e in r["revs"]}
+    data = exps["ease"]["data"]
+    assert data["params"]["params.yaml"]["data"]["model"]["type"] == "ease"
+    assert "models/ease.npz" in data["deps"] and "models/als.npz" not in data["deps"]
+    assert "models/als.npz" in exps["f6"]["data"]["deps"]
 
 
 def test_exp_show_lists_metrics_and_sorts_by_map(queued: tuple[Path, str]) -> None:

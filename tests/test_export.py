@@ -17,9 +17,9 @@ from threadpoolctl import threadpool_limits
 
 from recsys.bundle import ExportParams, build_bundle
 from recsys.cli import run_stage
+from recsys.families.als import AlsModel, model_from_factors
 from recsys.ids import save_ids
-from recsys.io import save_csr, write_json, write_npz
-from recsys.models import model_from_factors
+from recsys.io import save_csr, write_json
 from recsys.ranking import top_k_unseen
 from stages.export import main as export_main
 from tests.conftest import run_module
@@ -53,7 +53,7 @@ def export_to(out: Path, train: sp.csr_matrix, model: AlternatingLeastSquares) -
     users, items = user_and_item_ids()
     categories = np.array([f"cat{i % 4}" for i in range(N_ITEMS)])
     out.mkdir()
-    served = model_from_factors(model.user_factors, model.item_factors, threads=1)
+    served = AlsModel.from_factors(model.user_factors, model.item_factors, threads=1)
     return build_bundle(
         out, served, train, users, items, categories, ExportParams(top_n=TOP_N, fallback_size=15),
         {"params": {"export": {"top_n": TOP_N}}},
@@ -64,14 +64,16 @@ def test_bundle_loads_without_pickle_and_has_the_expected_arrays(tmp_path: Path)
     train, model = tiny_shop()
     meta = export_to(tmp_path / "bundle", train, model)
     files = sorted(p.name for p in (tmp_path / "bundle").iterdir())
-    assert files == ["factors.npz", "ids.npz", "metadata.json", "recommendations.npz"]
+    assert files == ["ids.npz", "metadata.json", "model.npz", "recommendations.npz"]
     arrays = {}
-    for name in ("factors.npz", "ids.npz", "recommendations.npz"):
+    for name in ("ids.npz", "model.npz", "recommendations.npz"):
         with np.load(tmp_path / "bundle" / name, allow_pickle=False) as data:
             arrays.update({k: data[k] for k in data.files})
-    assert arrays["user_factors"].shape == (N_USERS, 8)
+    # the serving copy of the model: item side only (known users are precomputed)
+    assert "user_factors" not in arrays and str(arrays["family"]) == "als"
     assert arrays["item_factors"].shape == (N_ITEMS, 8)
-    assert arrays["user_factors"].dtype == np.float32
+    assert arrays["item_factors"].dtype == np.float32
+    assert float(arrays["alpha"]) == 1.0 and float(arrays["regularization"]) == 0.01
     assert arrays["user_ids"].dtype.kind == "U" and arrays["user_ids"].shape == (N_USERS,)
     assert arrays["item_ids"].dtype.kind == "U" and arrays["item_ids"].shape == (N_ITEMS,)
     assert arrays["items"].dtype == np.int32 and arrays["items"].shape == (N_USERS, TOP_N)
@@ -82,6 +84,7 @@ def test_bundle_loads_without_pickle_and_has_the_expected_arrays(tmp_path: Path)
     assert recorded == meta
     assert recorded["arrays"]["recommendations.npz:items"]["shape"] == [N_USERS, TOP_N]
     assert recorded["personalised_users"] == N_USERS - 1
+    assert recorded["model_type"] == "als" and recorded["format"] == 2
 
 
 def test_precomputed_recommendations_match_implicit_and_skip_training_items() -> None:
@@ -114,7 +117,7 @@ def test_same_inputs_give_a_byte_identical_bundle(tmp_path: Path) -> None:
     train, model = tiny_shop()
     export_to(tmp_path / "a", train, model)
     export_to(tmp_path / "b", train, model)
-    for name in ("factors.npz", "ids.npz", "metadata.json", "recommendations.npz"):
+    for name in ("ids.npz", "metadata.json", "model.npz", "recommendations.npz"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
@@ -132,10 +135,12 @@ def write_inputs(repo: Path, top_n: int = TOP_N) -> None:
     (repo / "data/items.csv").write_text(
         "ITEM_ID,PRICE,CATEGORY_L1,CATEGORY_L2,PRODUCT_DESCRIPTION,GENDER,PROMOTED\n" + rows
     )
-    write_npz(repo / "models/als.npz", user_factors=model.user_factors,
-              item_factors=model.item_factors)  # fmt: skip
+    AlsModel.from_factors(
+        model.user_factors, model.item_factors, threads=1, regularization=0.05, alpha=10.0
+    ).save(repo / "models/als.npz")
     write_json(repo / "metrics/metrics.json", {"map_at_k": 0.25, "users": 12})
     params = {
+        "model": {"type": "als"},
         "als": {
             "factors": 8,
             "regularization": 0.05,
@@ -175,7 +180,7 @@ def test_stage_writes_the_bundle_with_metadata(exported_repo: Path, tmp_path: Pa
     shutil.copytree(exported_repo, repo)
     shutil.rmtree(repo / "models/bundle")
     assert run_export(repo).returncode == 0
-    for name in ("factors.npz", "ids.npz", "metadata.json", "recommendations.npz"):
+    for name in ("ids.npz", "metadata.json", "model.npz", "recommendations.npz"):
         produced = (repo / "models/bundle" / name).read_bytes()
         assert produced == (exported_repo / "models/bundle" / name).read_bytes()
 
@@ -190,11 +195,9 @@ def test_stage_writes_the_bundle_with_metadata(exported_repo: Path, tmp_path: Pa
             "missing column ITEM_ID",
         ),
         (
-            lambda repo: write_npz(
-                repo / "models/als.npz",
-                user_factors=np.ones((3, 8)),
-                item_factors=np.ones((N_ITEMS, 8)),
-            ),  # fmt: skip
+            lambda repo: AlsModel.from_factors(
+                np.ones((3, 8)), np.ones((N_ITEMS, 8)), threads=1
+            ).save(repo / "models/als.npz"),
             "user_factors has shape",
         ),
     ],

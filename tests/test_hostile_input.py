@@ -30,9 +30,15 @@ from recsys.bundle import ExportParams, build_bundle, load_bundle
 from recsys.confidence import ConfidenceParams, aggregate, load_events
 from recsys.errors import StageError
 from recsys.events import GZIP_FREE_BYTES, MAX_HEADER_BYTES, read_header, read_interactions
+from recsys.families.als import (
+    MAX_FACTORS,
+    AlsModel,
+    AlsParams,
+    fit_als,
+    slow_fit_warning,
+)
 from recsys.ids import MAX_ID_LENGTH
 from recsys.matrix import build, factorise
-from recsys.models import MAX_FACTORS, AlsParams, fit_als, model_from_factors, slow_fit_warning
 from recsys.params import Section
 from recsys.split import MaskParams, split
 
@@ -263,7 +269,7 @@ def tiny_bundle(tmp_path: Path) -> Path:
     """A real bundle from build_bundle: 40 users, 12 items, 4 factors."""
     rng = np.random.default_rng(0)
     train = sp.random(40, 12, density=0.3, format="csr", dtype=np.float32, rng=1)
-    model = model_from_factors(rng.random((40, 4)), rng.random((12, 4)), threads=1)
+    model = AlsModel.from_factors(rng.random((40, 4)), rng.random((12, 4)), threads=1)
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     users = np.array([f"u{k}" for k in range(40)])
@@ -272,10 +278,10 @@ def tiny_bundle(tmp_path: Path) -> Path:
     return bundle
 
 
-def test_a_truncated_factors_npz_is_refused_by_recommend(tmp_path: Path) -> None:
+def test_a_truncated_model_npz_is_refused_by_recommend(tmp_path: Path) -> None:
     bundle = tiny_bundle(tmp_path)
     assert load_bundle(bundle).recommend("u1", 3)  # a sound bundle answers
-    factors = bundle / "factors.npz"
+    factors = bundle / "model.npz"
     factors.write_bytes(factors.read_bytes()[: factors.stat().st_size // 2])
     proc = run_module("recsys.recommend", "u1", "--bundle", str(bundle), cwd=tmp_path)
     line = error_line(proc)
@@ -393,5 +399,7 @@ def test_a_bundle_whose_metadata_skips_a_file_is_refused(tmp_path: Path) -> None
     meta = json.loads((bundle / "metadata.json").read_text())
     del meta["files_md5"]["recommendations.npz"]
     (bundle / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(StageError, match="files_md5 must list factors.npz, ids.npz"):
+    with pytest.raises(
+        StageError, match="files_md5 must list ids.npz, model.npz, recommendations.npz"
+    ):
         load_bundle(bundle)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from importlib.util import find_spec
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from recsys.bootstrap import interval
 from tests.conftest import ROOT, run
 
 pytestmark = pytest.mark.dvc
@@ -126,7 +130,8 @@ def test_metric_table_leads_with_map_at_k(pr_report: Path) -> None:
         "baseline.map_at_k",
         "baseline.precision_at_k",
     ]
-    assert metrics[0][1:] == ["0.1", "0.12", "+0.02", "+20.00%"]
+    # no per-user values nor intervals in this repository: the change cannot be judged
+    assert metrics[0][1:] == ["0.1", "0.12", "+0.0200, unknown", "+20.00%"]
     assert metrics[1][1:] == ["0.2", "0.2", "0", "0%"]
     # what did not move is folded away under the changed rows
     assert "<details><summary>5 unchanged metrics</summary>" in pr_report.read_text()
@@ -173,3 +178,88 @@ def test_git_repo_without_dvc_is_rejected(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert "not a DVC repository" in proc.stderr
+
+
+# --------------------------------------------------------------------------- beyond noise
+
+NOISE_DVC_YAML = DVC_YAML.replace(
+    "    metrics:\n", "    outs:\n      - data/per_user.npz\n    metrics:\n", 1
+)
+N_USERS = 400
+
+
+def write_run(repo: Path, ap: np.ndarray, test_md5: str, factors: int) -> None:
+    """A run's metrics (with 95% intervals) and its DVC-tracked per-user values."""
+    (repo / "data").mkdir(exist_ok=True)
+    np.savez(
+        repo / "data/per_user.npz", user=np.arange(ap.size, dtype=np.int32),
+        ap=ap.astype(np.float32), ndcg=ap.astype(np.float32), k=np.array(3),
+        test_md5=np.array(test_md5),
+    )  # fmt: skip
+    low, high = interval(ap, 1000, seed=0)
+    metrics = {"map_at_k": round(float(ap.mean()), 6), "map_at_k_ci_low": round(float(low), 6),
+               "map_at_k_ci_high": round(float(high), 6), "users": int(ap.size)}  # fmt: skip
+    params = {**PARAMS, "als": {**PARAMS["als"], "factors": factors}}
+    write_state(repo, metrics, params, [(1, 0.05, 0.1)])
+    run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], repo)
+
+
+@pytest.fixture(scope="module")
+def noise_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """base: per-user AP of 400 users; `paired`: the same users, each +0.01 or so (a small,
+    consistent gain the two intervals cannot see); `resplit`: another held-out split."""
+    repo = tmp_path_factory.mktemp("noise_repo")
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    (repo / "dvc.yaml").write_text(NOISE_DVC_YAML)
+    rng = np.random.default_rng(0)
+    base = rng.random(N_USERS) * 0.4
+    write_run(repo, base, "split-a", 8)
+    commit(repo, "base")
+    run(["git", "tag", "base"], repo)
+    write_run(repo, base + 0.01 + rng.normal(0, 0.01, N_USERS), "split-a", 16)
+    commit(repo, "paired")
+    run(["git", "tag", "paired"], repo)
+    write_run(repo, rng.random(N_USERS) * 0.4 + 0.01, "split-b", 16)
+    commit(repo, "resplit")
+    run(["git", "tag", "resplit"], repo)
+    return repo
+
+
+def test_a_small_consistent_gain_is_significant_when_paired(noise_repo: Path) -> None:
+    proc = report(noise_repo, "--base", "base", "--new", "paired")
+    assert proc.returncode == 0, proc.stderr
+    cell = table(proc.stdout, "### Metrics")[0][3]
+    assert re.fullmatch(r"\+0\.01\d\d \[\+0\.0\d+, \+0\.0\d+\], significant", cell), cell
+    assert "95% paired bootstrap over the same 400 users" in proc.stdout
+    # the runs' own intervals overlap: only the paired test can tell
+    rows = {row[0]: row for row in table(proc.stdout, "### Metrics")}
+    assert float(rows["map_at_k_ci_low"][2]) < float(rows["map_at_k_ci_high"][1])
+
+
+def test_other_held_out_pairs_fall_back_to_the_two_intervals(noise_repo: Path) -> None:
+    proc = report(noise_repo, "--base", "base", "--new", "resplit")
+    assert proc.returncode == 0, proc.stderr
+    cell = table(proc.stdout, "### Metrics")[0][3]
+    assert re.fullmatch(r"[+-]0\.\d{4}, within noise", cell), cell
+    assert "the two runs' 95% intervals" in proc.stdout and "overlap" in proc.stdout
+
+
+def test_compare_takes_experiment_names(noise_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(noise_repo, repo)
+    run(["git", "checkout", "-q", "-b", "work", "base"], repo)
+    run([sys.executable, "-m", "dvc", "checkout", "-q", "--force"], repo)
+    rng = np.random.default_rng(0)
+    base = rng.random(N_USERS) * 0.4
+    write_run(repo, base + 0.01 + rng.normal(0, 0.01, N_USERS), "split-a", 16)
+    run([sys.executable, "-m", "dvc", "exp", "save", "-q", "-n", "wider"], repo)
+    proc = run([sys.executable, str(ROOT / "scripts/compare.py"), "base", "wider"], repo,
+               check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("## DVC report: `base` -> `wider`")
+    assert table(proc.stdout, "### Metrics")[0][3].endswith(", significant")
+    bad = run([sys.executable, str(ROOT / "scripts/compare.py"), "base", "nope"], repo,
+              check=False)  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr == "error: unknown git revision or experiment 'nope'\n"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from recsys.models import AlsParams, fit_als
+from recsys.families.als import AlsParams, fit_als
 from tests.test_train import ALS, clustered_matrix, project, run_train
 
 OUTPUTS = ("models/als.npz", "metrics/train_loss.csv", "metrics/train.json")

@@ -17,8 +17,8 @@ from threadpoolctl import threadpool_limits
 from recsys.bundle import FALLBACK, PERSONALISED, ExportParams, build_bundle, load_bundle
 from recsys.cli import run_stage
 from recsys.errors import StageError
+from recsys.families.als import AlsModel
 from recsys.io import write_npz
-from recsys.models import model_from_factors
 from recsys.recommend import main as recommend_main
 from tests.conftest import run_module
 
@@ -40,7 +40,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out.mkdir()
     build_bundle(
         out,
-        model_from_factors(model.user_factors, model.item_factors, threads=1),
+        AlsModel.from_factors(model.user_factors, model.item_factors, threads=1),
         train,
         np.array([str(i + 1) for i in range(N_USERS)]),
         np.array([f"sku-{i}" for i in range(N_ITEMS)]),
@@ -165,7 +165,7 @@ def test_cli_main_rejects_bad_requests_in_one_line(
         ("2", "--bundle", str(tmp_path / "missing")): "no bundle directory",
         ("2", "--bundle", str(corrupt)): "recommendations.npz",
         ("2", "--bundle", str(no_meta)): "metadata.json",
-        (): "user_id",
+        (): "expected one of: a user_id",
     }
     for args, message in cases.items():
         with pytest.raises(SystemExit) as exit_info:

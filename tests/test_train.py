@@ -11,8 +11,8 @@ import scipy.sparse as sp
 import yaml
 
 from recsys.errors import StageError
+from recsys.families.als import AlsParams, fit_als, loss_csv
 from recsys.io import save_csr
-from recsys.models import AlsParams, fit_als, loss_csv
 from recsys.threads import cpu_budget, worker_threads
 from tests.conftest import run_module
 

@@ -1,8 +1,10 @@
-"""Models: build, fit, save and load implicit's ALS, in one place.
+"""ALS (implicit's AlternatingLeastSquares): build, fit, save and load, in one place.
 
-The stages, the benchmarks and the tests all build their model here, so a knob means the
+The stages, the benchmarks and the tests all build their ALS model here, so a knob means the
 same thing everywhere. Factors are float32 and saved pickle-free; a model is rebuilt around
-saved factors (`model_from_factors`) to score with implicit's own top-k.
+saved factors (`model_from_factors`) to score with implicit's own top-k. `models/als.npz`
+also records `regularization` and `alpha`: folding in an anonymous session solves the same
+least-squares problem as training did.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from implicit.recommender_base import ModelFitError
 from threadpoolctl import threadpool_limits
 
 from recsys.errors import StageError
+from recsys.families.factors import FactorFamily
 from recsys.io import load_npz
 from recsys.params import Section
 from recsys.paths import TRAIN
@@ -230,16 +233,72 @@ def load_factors(path: Path | str, n_users: int, n_items: int) -> tuple[np.ndarr
 
 
 def model_from_factors(
-    user_factors: np.ndarray, item_factors: np.ndarray, threads: int
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    threads: int,
+    regularization: float = 0.01,
+    alpha: float = 1.0,
 ) -> AlternatingLeastSquares:
     """An implicit ALS model around saved factors, so scoring uses implicit's own top-k.
 
+    `regularization` and `alpha` matter only to `recalculate_user` (session fold-in).
     Built under a one-thread BLAS limit: implicit warns at construction otherwise.
     """
     with threadpool_limits(1, "blas"):
         model = AlternatingLeastSquares(
-            factors=item_factors.shape[1], dtype=np.float32, num_threads=threads
+            factors=item_factors.shape[1],
+            regularization=regularization,
+            alpha=alpha,
+            dtype=np.float32,
+            num_threads=threads,
         )
     model.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
     model.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
     return model
+
+
+class AlsModel(FactorFamily):
+    """The ALS family: implicit's fit, known users by implicit's top-k, anonymous sessions
+    folded in with implicit's `recalculate_user` (the exact least-squares user vector)."""
+
+    type = "als"
+    Params = AlsParams
+    EXTRA = ("regularization", "alpha")
+
+    @classmethod
+    def preflight(cls, shape: tuple[int, int], params: AlsParams, threads: int) -> str | None:
+        return slow_fit_warning(shape, params, threads)
+
+    @classmethod
+    def fit(
+        cls,
+        train: sp.csr_matrix,
+        params: AlsParams,
+        threads: int,
+        on_iteration: Callable[[int, float | None], None] | None = None,
+    ) -> AlsModel:
+        users, items, losses = fit_als(train, params, threads, on_iteration=on_iteration)
+        model = cls(users, items, threads, regularization=params.regularization, alpha=params.alpha)
+        model.losses = losses
+        return model
+
+    @classmethod
+    def from_factors(
+        cls, user_factors: np.ndarray, item_factors: np.ndarray, threads: int,
+        regularization: float = 0.01, alpha: float = 1.0,
+    ) -> AlsModel:  # fmt: skip
+        """An ALS family model around factors fitted elsewhere (tests, benchmarks)."""
+        return cls(user_factors, item_factors, threads, regularization=regularization,
+                   alpha=alpha)  # fmt: skip
+
+    def _implicit(self, threads: int) -> AlternatingLeastSquares:
+        return model_from_factors(
+            np.zeros((0, self.item_factors.shape[1]), np.float32), self.item_factors, threads,
+            self.extra["regularization"], self.extra["alpha"],
+        )  # fmt: skip
+
+    def score_session(self, rows: sp.csr_matrix) -> np.ndarray:
+        rows = sp.csr_matrix(rows, dtype=np.float32)
+        with threadpool_limits(1, "blas"):
+            vectors = self.implicit_model.recalculate_user(np.arange(rows.shape[0]), rows)
+        return self._session_scores(np.asarray(vectors).reshape(rows.shape[0], -1))

@@ -1,0 +1,140 @@
+"""Benchmark the model families side by side: fit time and peak memory of train, scoring
+time and peak memory of evaluate, per family, on the same data in the same run.
+
+Not a test: it prints figures. The data stages run once per scale in a scratch copy of the
+repository; then, for every family, `model.type` is set in the copy's params.yaml (each
+family's own section as in params.yaml) and train, evaluate and export run as their own
+processes (`python -m stages.X`, as DVC runs them), so peak RSS is per stage and family.
+ALS is always measured too, as the reference.
+
+    python scripts/bench_families.py                      # default scale, every family
+    python scripts/bench_families.py --scale 1 10         # also 10x
+    python scripts/bench_families.py --scale 0.02 --families als ease   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recsys.families import FAMILIES  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_STAGES = ["generate", "confidence", "matrix", "mask"]
+MODEL_STAGES = ["train", "evaluate", "export"]
+
+
+def run_stage(stage: str, cwd: Path) -> tuple[float, float, str, str | None]:
+    """Run one stage; (wall seconds, peak RSS MiB, stdout, error line or None)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"stages.{stage}"], cwd=cwd, stdout=out, stderr=err,
+            env=dict(os.environ),
+        )  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        error = None
+        if os.waitstatus_to_exitcode(status) != 0:
+            lines = err.read().decode().strip().splitlines() or ["no output"]
+            error = lines[-1]
+        return wall, usage.ru_maxrss / 1024, out.read().decode(), error
+
+
+def seconds(pattern: str, text: str) -> float | None:
+    found = re.search(pattern, text)
+    return float(found.group(1)) if found else None
+
+
+def scratch_repo(scale: float, parent: Path) -> Path:
+    repo = parent / f"scale{scale:g}"
+    for package in ("stages", "recsys"):
+        shutil.copytree(
+            ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["generate"]["users"] = max(100, round(params["generate"]["users"] * scale))
+    params["generate"]["interactions"] = max(
+        1000, round(params["generate"]["interactions"] * scale)
+    )
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return repo
+
+
+def set_family(repo: Path, family: str) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"] = {"type": family}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, nargs="+", default=[1.0])
+    parser.add_argument(
+        "--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES),
+        help="families to measure (ALS is always added as the reference)",
+    )  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    args = parser.parse_args()
+    if min(args.scale) <= 0:
+        parser.error(f"--scale must be positive, got {min(args.scale)}")
+    families = ["als", *[f for f in args.families if f != "als"]]
+    parent = Path(tempfile.mkdtemp(prefix="recsys-bench-families-"))
+    try:
+        for scale in args.scale:
+            repo = scratch_repo(scale, parent)
+            gen = yaml.safe_load((repo / "params.yaml").read_text())["generate"]
+            print(f"\n== scale {scale:g}x: {gen['users']:,} users, {gen['interactions']:,} events")
+            for stage in DATA_STAGES:
+                error = run_stage(stage, repo)[3]
+                if error:
+                    raise SystemExit(f"stage {stage} failed: {error}")
+            head = (
+                f"{'family':<9}{'fit s':>8}{'train s':>9}{'train MiB':>11}{'model MiB':>11}"
+                f"{'scoring s':>11}{'evaluate s':>12}{'eval MiB':>10}{'export s':>10}"
+                f"{'MAP@K':>9}"
+            )
+            print(head)
+            for family in families:
+                set_family(repo, family)
+                results = {stage: run_stage(stage, repo) for stage in MODEL_STAGES[:1]}
+                wall, rss, out, error = results["train"]
+                if error:
+                    print(f"{family:<9}refused or failed: {error}")
+                    continue
+                for stage in MODEL_STAGES[1:]:
+                    results[stage] = run_stage(stage, repo)
+                    if results[stage][3]:
+                        raise SystemExit(f"{family}: {stage} failed: {results[stage][3]}")
+                model_mib = (repo / "models" / f"{family}.npz").stat().st_size / 2**20
+                ev_wall, ev_rss, ev_out, _ = results["evaluate"]
+                fit = seconds(r"fit (\d+\.\d+)s", out)
+                scoring = seconds(r"scoring (\d+\.\d+)s", ev_out)
+                map_k = seconds(r"MAP@\d+ (\d+\.\d+)", ev_out)
+                print(
+                    f"{family:<9}{fit:>8.2f}{wall:>9.2f}{rss:>11.0f}{model_mib:>11.1f}"
+                    f"{scoring:>11.2f}{ev_wall:>12.2f}{ev_rss:>10.0f}"
+                    f"{results['export'][0]:>10.2f}{map_k:>9.4f}"
+                )
+    finally:
+        if args.keep:
+            print(f"scratch copies kept in {parent}")
+        else:
+            shutil.rmtree(parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
