@@ -1,7 +1,8 @@
 """The model bundle: everything a recommendation service needs, and nothing else.
 
 `models/bundle/` holds the factors, the id maps, top-N recommendations precomputed for every
-known user (training items excluded), the cold-start fallback and `metadata.json` (params,
+known user (training items excluded), the cold-start fallback, the item metadata a service
+shows next to each id (`items.npz`, when the catalogue has any) and `metadata.json` (params,
 metrics, input hashes, library versions, shapes). All arrays are pickle-free `.npz` with
 fixed-width unicode ids, so a reader needs numpy alone. No timestamps anywhere: the same
 inputs give a byte-identical bundle. `load_bundle` refuses a bundle whose files do not
@@ -10,6 +11,8 @@ match what its metadata records.
 
 from __future__ import annotations
 
+import hashlib
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,10 +61,13 @@ def build_bundle(
     categories: np.ndarray | None,
     params: ExportParams,
     extra_metadata: dict[str, Any],
+    item_metadata: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle's files into the (empty) directory `out`; return the metadata.
 
     `model` is an implicit model holding the float32 factors (`recsys.models`).
+    `item_metadata` (`recsys.ids.load_item_metadata`) goes to `items.npz`, one array per
+    field aligned with `item_ids`; None or empty writes no such file.
     """
     params.check_items(train.shape[1], "the training matrix")
     user_ids = np.asarray(user_ids, dtype=str)
@@ -85,6 +91,8 @@ def build_bundle(
             "fallback": fallback,
         },
     }
+    if item_metadata:
+        arrays[ITEMS_FILE] = _item_arrays(item_metadata, item_ids.size)
     files_md5 = {name: write_npz(out / name, **members) for name, members in arrays.items()}
     meta = {
         "format": BUNDLE_FORMAT,
@@ -104,6 +112,24 @@ def build_bundle(
     return meta
 
 
+ITEMS_FILE = "items.npz"
+# items.npz arrays: field -> kind ("U": text, "" = unknown; "f": float64, NaN = unknown)
+ITEM_FIELDS = {"category": "U", "style": "U", "price": "f", "description": "U"}
+
+
+def _item_arrays(item_metadata: dict[str, np.ndarray], n_items: int) -> dict[str, np.ndarray]:
+    arrays = {}
+    for name, values in sorted(item_metadata.items()):
+        if name not in ITEM_FIELDS:
+            raise ValueError(f"item metadata field {name!r}; expected one of {list(ITEM_FIELDS)}")
+        kind = ITEM_FIELDS[name]
+        arr = np.asarray(values, dtype=np.float64 if kind == "f" else str)
+        if arr.shape != (n_items,):
+            raise ValueError(f"item metadata {name!r} has shape {arr.shape}; expected ({n_items},)")
+        arrays[name] = arr
+    return arrays
+
+
 PERSONALISED = "personalised"
 FALLBACK = "fallback"
 
@@ -116,12 +142,20 @@ _REQUIRED = {
 class Recommendations(list[str]):
     """Item ids, best first, plus `source` ("personalised" or "fallback") and whether the
     user is in the bundle at all (a known user whose pairs were all held out has no
-    history, so gets the fallback too)."""
+    history, so gets the fallback too). `scores` holds the model's score of each item
+    (None for the fallback, which is a ranking, not a score)."""
 
-    def __init__(self, items: Sequence[str], source: str, known: bool) -> None:
+    def __init__(
+        self,
+        items: Sequence[str],
+        source: str,
+        known: bool,
+        scores: Sequence[float] | None = None,
+    ) -> None:
         super().__init__(items)
         self.source = source
         self.known = known
+        self.scores: list[float] | None = None if scores is None else list(scores)
 
     @property
     def is_fallback(self) -> bool:
@@ -139,13 +173,33 @@ class Bundle:
     personalised: np.ndarray
     fallback: np.ndarray
     metadata: dict[str, Any]
+    item_factors: np.ndarray | None = None  # float32 items x factors (sessions, similar items)
+    items_meta: dict[str, np.ndarray] = field(default_factory=dict)  # items.npz, may be empty
+    md5: str = ""  # md5 of metadata.json, which records every file's md5: the bundle's identity
     _rows: dict[str, int] = field(init=False, repr=False)
     _fallback_list: list[str] = field(init=False, repr=False)
     _sorted: np.ndarray | None = field(default=None, init=False, repr=False)
+    _item_rows: dict[str, int] = field(init=False, repr=False)
+    _item_dicts: list[dict[str, Any]] = field(init=False, repr=False)
+    _unit_items: np.ndarray | None = field(default=None, init=False, repr=False)
+    _yty: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rows = dict(zip(self.user_ids.tolist(), range(self.user_ids.size), strict=True))
         self._fallback_list = self.fallback.tolist()
+        self._item_rows = dict(zip(self.item_ids.tolist(), range(self.item_ids.size), strict=True))
+        self._item_dicts = _item_dicts(self.items_meta, self.item_ids.size)
+        if self.item_factors is not None:
+            factors = self.item_factors.astype(np.float64)
+            norms = np.linalg.norm(factors, axis=1)
+            norms[norms == 0] = 1e-10  # as implicit: an all-zero item is similar to nothing
+            self._unit_items = (factors / norms[:, None]).astype(np.float32)
+            self._yty = factors.T @ factors
+
+    @property
+    def version(self) -> str:
+        """Short label of this bundle (the first 12 hex digits of `md5`)."""
+        return self.md5[:12]
 
     @property
     def max_n(self) -> int:
@@ -168,7 +222,78 @@ class Bundle:
         if row is None or not self.personalised[row]:
             return Recommendations(self._fallback_list[:n], FALLBACK, known=row is not None)
         top = self.items[row, :n]
-        return Recommendations(self.item_ids[top[top >= 0]].tolist(), PERSONALISED, known=True)
+        keep = top >= 0
+        return Recommendations(
+            self.item_ids[top[keep]].tolist(),
+            PERSONALISED,
+            known=True,
+            scores=self.scores[row, :n][keep].tolist(),
+        )
+
+    def recommend_session(
+        self, item_ids: Sequence[str], n: int = 10
+    ) -> tuple[Recommendations, list[str]]:
+        """Top-`n` for an anonymous session from the items it touched, and the unknown ids.
+
+        ALS fold-in, as implicit's `recommend(..., recalculate_user=True)`: the user factor
+        that solves the least-squares system of a user with these items (each one unit of
+        confidence, scaled by the model's alpha), then the items' scores; the session's
+        own items are excluded. No known item gives the fallback.
+        """
+        self.check_n(n)
+        rows, unknown, seen = [], [], set()
+        for item in item_ids:
+            row = self._item_rows.get(str(item))
+            if row is None:
+                unknown.append(str(item))
+            elif row not in seen:
+                seen.add(row)
+                rows.append(row)
+        if not rows or self.item_factors is None or self._yty is None:
+            return Recommendations(self._fallback_list[:n], FALLBACK, known=False), unknown
+        als = self.metadata.get("params", {}).get("als", {})
+        alpha, regularization = float(als.get("alpha", 1.0)), float(als.get("regularization", 0.0))
+        chosen = self.item_factors[rows].astype(np.float64)
+        confidence = np.full(len(rows), alpha)  # one unit each, times alpha (implicit's Cui)
+        a = self._yty + regularization * np.eye(self._yty.shape[0])
+        a += chosen.T @ ((confidence - 1.0)[:, None] * chosen)
+        b = confidence @ chosen
+        try:
+            user = np.linalg.solve(a, b)
+        except np.linalg.LinAlgError:
+            user = np.linalg.lstsq(a, b, rcond=None)[0]
+        scores = self.item_factors @ user.astype(np.float32)
+        return self._top(scores, n, np.asarray(rows), known=False), unknown
+
+    def similar_items(self, item_id: str, n: int = 10) -> Recommendations:
+        """The `n` items most similar to `item_id` (cosine of item factors), itself excluded."""
+        self.check_n(n)
+        row = self._item_rows.get(str(item_id))
+        if row is None:
+            raise StageError(f"item_id {str(item_id)!r} is not in the bundle's catalogue")
+        if self._unit_items is None:
+            raise StageError("this bundle has no item factors; re-run export")
+        scores = self._unit_items @ self._unit_items[row]
+        return self._top(scores, n, np.array([row]), known=True)
+
+    def _top(self, scores: np.ndarray, n: int, exclude: np.ndarray, known: bool) -> Recommendations:
+        """Best `n` of `scores` (ties: lower item index), `exclude`d rows left out."""
+        scores = np.asarray(scores, dtype=np.float32).copy()
+        scores[exclude] = -np.inf
+        n = min(n, scores.size - exclude.size)
+        head = np.argpartition(-scores, n - 1)[:n] if n < scores.size else np.arange(scores.size)
+        head = head[np.lexsort((head, -scores[head]))][:n]
+        return Recommendations(
+            self.item_ids[head].tolist(), PERSONALISED, known=known, scores=scores[head].tolist()
+        )
+
+    def item_metadata(self, item_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """For each id: the catalogue fields the bundle has for it (category, style, price,
+        description; missing ones left out), {} for an id it does not know."""
+        if not self._item_dicts:
+            return [{} for _ in item_ids]
+        rows = [self._item_rows.get(str(item)) for item in item_ids]
+        return [{} if row is None else dict(self._item_dicts[row]) for row in rows]
 
     def recommend_many(self, user_ids: Sequence[str], n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised batch: (users x n) item ids ("" in unfillable slots), fallback flags."""
@@ -206,7 +331,51 @@ def load_bundle(path: Path | str = BUNDLE) -> Bundle:
                 raise StageError(f"{path}/{name}: missing array '{key}'; re-run export")
             arrays[key] = loaded[key]
     _check_shapes(path, arrays)
-    return Bundle(metadata=metadata, **arrays)
+    item_factors = _load_item_factors(path, arrays["item_ids"].size)
+    items_meta: dict[str, np.ndarray] = {}
+    if ITEMS_FILE in metadata["files_md5"]:
+        items_meta = load_npz(path / ITEMS_FILE)
+        bad = [
+            k
+            for k, v in items_meta.items()
+            if k not in ITEM_FIELDS or v.shape != (arrays["item_ids"].size,)
+        ]
+        if bad:
+            raise StageError(f"{path}/{ITEMS_FILE}: unexpected array {bad[0]!r}; re-run export")
+    md5 = hashlib.md5((path / "metadata.json").read_bytes()).hexdigest()
+    return Bundle(
+        metadata=metadata, item_factors=item_factors, items_meta=items_meta, md5=md5, **arrays
+    )
+
+
+def _load_item_factors(path: Path, n_items: int) -> np.ndarray:
+    """Only `item_factors` of factors.npz (numpy reads one member): users' are not served."""
+    try:
+        with np.load(path / "factors.npz", allow_pickle=False) as data:
+            factors = data["item_factors"]
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError):
+        raise StageError(f"{path}/factors.npz: no readable item_factors; re-run export") from None
+    if factors.ndim != 2 or factors.shape[0] != n_items or factors.dtype.kind != "f":
+        raise StageError(f"{path}/factors.npz: item_factors must be items x factors floats")
+    if not np.isfinite(factors).all():
+        raise StageError(f"{path}/factors.npz: item_factors must be finite; re-run export")
+    return np.ascontiguousarray(factors, dtype=np.float32)
+
+
+def _item_dicts(items_meta: dict[str, np.ndarray], n_items: int) -> list[dict[str, Any]]:
+    """One dict per item, fields in ITEM_FIELDS order, unknown values left out."""
+    if not items_meta:
+        return []
+    columns = []
+    for name in ITEM_FIELDS:
+        if name in items_meta:
+            values = items_meta[name].tolist()
+            empty = (lambda v: v != v) if ITEM_FIELDS[name] == "f" else (lambda v: v == "")
+            columns.append((name, values, empty))
+    return [
+        {name: values[i] for name, values, empty in columns if not empty(values[i])}
+        for i in range(n_items)
+    ]
 
 
 def _check_files(path: Path, metadata: dict[str, Any]) -> None:
