@@ -183,6 +183,7 @@ class Bundle:
     _item_dicts: list[dict[str, Any]] = field(init=False, repr=False)
     _unit_items: np.ndarray | None = field(default=None, init=False, repr=False)
     _yty: np.ndarray | None = field(default=None, init=False, repr=False)
+    _gram_inv: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rows = dict(zip(self.user_ids.tolist(), range(self.user_ids.size), strict=True))
@@ -195,6 +196,15 @@ class Bundle:
             norms[norms == 0] = 1e-10  # as implicit: an all-zero item is similar to nothing
             self._unit_items = (factors / norms[:, None]).astype(np.float32)
             self._yty = factors.T @ factors
+            regularization = self._als_param("regularization", 0.0)
+            gram = self._yty + regularization * np.eye(factors.shape[1])
+            try:  # sessions update this inverse by their few items (Woodbury), no f x f solve
+                self._gram_inv = np.linalg.inv(gram)
+            except np.linalg.LinAlgError:
+                self._gram_inv = None
+
+    def _als_param(self, name: str, default: float) -> float:
+        return float(self.metadata.get("params", {}).get("als", {}).get(name, default))
 
     @property
     def version(self) -> str:
@@ -251,17 +261,32 @@ class Bundle:
                 rows.append(row)
         if not rows or self.item_factors is None or self._yty is None:
             return Recommendations(self._fallback_list[:n], FALLBACK, known=False), unknown
-        als = self.metadata.get("params", {}).get("als", {})
-        alpha, regularization = float(als.get("alpha", 1.0)), float(als.get("regularization", 0.0))
-        chosen = self.item_factors[rows].astype(np.float64)
-        confidence = np.full(len(rows), alpha)  # one unit each, times alpha (implicit's Cui)
-        a = self._yty + regularization * np.eye(self._yty.shape[0])
-        a += chosen.T @ ((confidence - 1.0)[:, None] * chosen)
-        b = confidence @ chosen
-        try:
-            user = np.linalg.solve(a, b)
-        except np.linalg.LinAlgError:
-            user = np.linalg.lstsq(a, b, rcond=None)[0]
+        alpha = self._als_param("alpha", 1.0)
+        regularization = self._als_param("regularization", 0.0)
+        chosen = self.item_factors[rows].astype(np.float64)  # k x f
+        b = alpha * chosen.sum(axis=0)  # one unit of confidence each, times alpha (Cui)
+        weight = alpha - 1.0  # A = YtY + reg I + weight * chosen^T chosen
+        k, f = chosen.shape
+        user: np.ndarray | None = None
+        if self._gram_inv is not None and (weight == 0 or 4 * k <= f):
+            # Woodbury: A^-1 b from the precomputed (YtY + reg I)^-1 and a k x k solve, so a
+            # session of a few items costs O(k f^2) instead of an f x f factorisation.
+            m_inv_b = self._gram_inv @ b
+            if weight == 0:
+                user = m_inv_b
+            else:
+                m_inv_ut = self._gram_inv @ chosen.T  # f x k
+                small = np.eye(k) / weight + chosen @ m_inv_ut
+                try:
+                    user = m_inv_b - m_inv_ut @ np.linalg.solve(small, chosen @ m_inv_b)
+                except np.linalg.LinAlgError:
+                    user = None
+        if user is None:
+            a = self._yty + regularization * np.eye(f) + weight * (chosen.T @ chosen)
+            try:
+                user = np.linalg.solve(a, b)
+            except np.linalg.LinAlgError:
+                user = np.linalg.lstsq(a, b, rcond=None)[0]
         scores = self.item_factors @ user.astype(np.float32)
         return self._top(scores, n, np.asarray(rows), known=False), unknown
 
