@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make repro   create/reuse .venv from requirements.txt, then run the pipeline (dvc repro)
 #   make test    create/reuse .venv from requirements.txt, then run the test suite
+#   make serve   the HTTP service over models/bundle (README "Deploy")
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(CURDIR)/$(VENV)/bin
@@ -8,7 +9,11 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
+<<<<<<< HEAD
 .PHONY: setup repro test test-all lint format bench bench-families fidelity clean-venv
+=======
+.PHONY: setup repro test test-all lint format bench serve bench-service clean-venv
+>>>>>>> deploy
 
 setup: $(VENV)/.installed
 
@@ -40,12 +45,22 @@ format: setup
 bench: setup
 	python scripts/benchmark.py
 
+<<<<<<< HEAD
 bench-families: setup
 	python scripts/bench_families.py
 
 # the synthetic shop next to the reference's figures, for three seeds (about 15 minutes)
 fidelity: setup
 	python scripts/fidelity.py --seeds 42 7 2024
+=======
+# The HTTP service on 127.0.0.1:$PORT (8000) over $BUNDLE_DIR (models/bundle); `exec` so that
+# `kill -HUP` reaches the server itself and reloads the bundle.
+serve: setup
+	exec python -m recsys.service
+
+bench-service: setup
+	python scripts/bench_service.py
+>>>>>>> deploy
 
 clean-venv:
 	rm -rf $(VENV)

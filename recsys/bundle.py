@@ -2,7 +2,8 @@
 
 `models/bundle/` holds the model's serving copy (`model.npz`: the family's item-side arrays,
 without per-user factors), the id maps, top-N recommendations precomputed for every known
-user (training items excluded), the cold-start fallback and `metadata.json` (model type,
+user (training items excluded), the cold-start fallback, the item metadata a service shows
+next to each id (`items.npz`, when the catalogue has any) and `metadata.json` (model type,
 params, metrics, input hashes, library versions, shapes). All arrays are pickle-free `.npz`
 with fixed-width unicode ids. No timestamps anywhere: the same inputs give a byte-identical
 bundle. `load_bundle` refuses a bundle whose files do not match what its metadata records.
@@ -14,6 +15,7 @@ similar to one item (`similar_items`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,10 +68,13 @@ def build_bundle(
     categories: np.ndarray | None,
     params: ExportParams,
     extra_metadata: dict[str, Any],
+    item_metadata: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle's files into the (empty) directory `out`; return the metadata.
 
     `model` is a fitted family (`recsys.families`); its serving copy goes in `model.npz`.
+    `item_metadata` (`recsys.ids.load_item_metadata`) goes to `items.npz`, one array per
+    field aligned with `item_ids`; None or empty writes no such file.
     """
     params.check_items(train.shape[1], "the training matrix")
     user_ids = np.asarray(user_ids, dtype=str)
@@ -94,6 +99,8 @@ def build_bundle(
             "fallback": fallback,
         },
     }
+    if item_metadata:
+        arrays[ITEMS_FILE] = _item_arrays(item_metadata, item_ids.size)
     files_md5 = {name: write_npz(out / name, **members) for name, members in arrays.items()}
     meta = {
         "format": BUNDLE_FORMAT,
@@ -112,6 +119,24 @@ def build_bundle(
     } | extra_metadata
     write_json(out / "metadata.json", meta)
     return meta
+
+
+ITEMS_FILE = "items.npz"
+# items.npz arrays: field -> kind ("U": text, "" = unknown; "f": float64, NaN = unknown)
+ITEM_FIELDS = {"category": "U", "style": "U", "price": "f", "description": "U"}
+
+
+def _item_arrays(item_metadata: dict[str, np.ndarray], n_items: int) -> dict[str, np.ndarray]:
+    arrays = {}
+    for name, values in sorted(item_metadata.items()):
+        if name not in ITEM_FIELDS:
+            raise ValueError(f"item metadata field {name!r}; expected one of {list(ITEM_FIELDS)}")
+        kind = ITEM_FIELDS[name]
+        arr = np.asarray(values, dtype=np.float64 if kind == "f" else str)
+        if arr.shape != (n_items,):
+            raise ValueError(f"item metadata {name!r} has shape {arr.shape}; expected ({n_items},)")
+        arrays[name] = arr
+    return arrays
 
 
 PERSONALISED = "personalised"
@@ -158,15 +183,24 @@ class Bundle:
     fallback: np.ndarray
     metadata: dict[str, Any]
     model: Family
+    items_meta: dict[str, np.ndarray] = field(default_factory=dict)  # items.npz, may be empty
+    md5: str = ""  # md5 of metadata.json, which records every file's md5: the bundle's identity
     _rows: dict[str, int] = field(init=False, repr=False)
     _items: dict[str, int] = field(init=False, repr=False)
     _fallback_list: list[str] = field(init=False, repr=False)
     _sorted: np.ndarray | None = field(default=None, init=False, repr=False)
+    _item_dicts: list[dict[str, Any]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rows = dict(zip(self.user_ids.tolist(), range(self.user_ids.size), strict=True))
         self._items = dict(zip(self.item_ids.tolist(), range(self.item_ids.size), strict=True))
         self._fallback_list = self.fallback.tolist()
+        self._item_dicts = _item_dicts(self.items_meta, self.item_ids.size)
+
+    @property
+    def version(self) -> str:
+        """Short label of this bundle (the first 12 hex digits of `md5`)."""
+        return self.md5[:12]
 
     @property
     def max_n(self) -> int:
@@ -235,11 +269,19 @@ class Bundle:
         self.check_n(n)
         col = self._items.get(str(item_id))
         if col is None:
-            raise StageError(f"item {item_id!r} is not in the bundle's catalogue")
+            raise StageError(f"item_id {str(item_id)!r} is not in the bundle's catalogue")
         ids, scores = self.model.similar_items(col, n)
         return Recommendations(
             self.item_ids[ids].tolist(), PERSONALISED, known=True, scores=scores.tolist()
         )
+
+    def item_metadata(self, item_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """For each id: the catalogue fields the bundle has for it (category, style, price,
+        description; missing ones left out), {} for an id it does not know."""
+        if not self._item_dicts:
+            return [{} for _ in item_ids]
+        rows = [self._items.get(str(item)) for item in item_ids]
+        return [{} if row is None else dict(self._item_dicts[row]) for row in rows]
 
     def recommend_many(self, user_ids: Sequence[str], n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised batch: (users x n) item ids ("" in unfillable slots), fallback flags."""
@@ -283,7 +325,34 @@ def load_bundle(path: Path | str = BUNDLE) -> Bundle:
             f"{path}/metadata.json: model_type {kind!r}; expected one of {', '.join(FAMILIES)}"
         )
     model = load_model(path / MODEL_FILE, kind, (None, arrays["item_ids"].size), threads=1)
-    return Bundle(metadata=metadata, model=model, **arrays)
+    items_meta: dict[str, np.ndarray] = {}
+    if ITEMS_FILE in metadata["files_md5"]:
+        items_meta = load_npz(path / ITEMS_FILE)
+        bad = [
+            k
+            for k, v in items_meta.items()
+            if k not in ITEM_FIELDS or v.shape != (arrays["item_ids"].size,)
+        ]
+        if bad:
+            raise StageError(f"{path}/{ITEMS_FILE}: unexpected array {bad[0]!r}; re-run export")
+    md5 = hashlib.md5((path / "metadata.json").read_bytes()).hexdigest()
+    return Bundle(metadata=metadata, model=model, items_meta=items_meta, md5=md5, **arrays)
+
+
+def _item_dicts(items_meta: dict[str, np.ndarray], n_items: int) -> list[dict[str, Any]]:
+    """One dict per item, fields in ITEM_FIELDS order, unknown values left out."""
+    if not items_meta:
+        return []
+    columns = []
+    for name in ITEM_FIELDS:
+        if name in items_meta:
+            values = items_meta[name].tolist()
+            empty = (lambda v: v != v) if ITEM_FIELDS[name] == "f" else (lambda v: v == "")
+            columns.append((name, values, empty))
+    return [
+        {name: values[i] for name, values, empty in columns if not empty(values[i])}
+        for i in range(n_items)
+    ]
 
 
 def _check_files(path: Path, metadata: dict[str, Any]) -> None:

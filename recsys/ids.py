@@ -98,3 +98,41 @@ def aligned(frame: Any, key: str, column: str, ids: np.ndarray) -> np.ndarray:
     """
     values = frame.drop_duplicates(key).set_index(key)[column]
     return values.reindex(np.asarray(ids, dtype=str)).fillna("").to_numpy(dtype=str)
+
+
+# Catalogue column -> field of the bundle's item metadata (what a service shows per item).
+ITEM_METADATA_COLUMNS = {
+    "CATEGORY_L1": "category",
+    "CATEGORY_L2": "style",
+    "PRICE": "price",
+    "PRODUCT_DESCRIPTION": "description",
+}
+
+
+def load_item_metadata(path: Path | str, item_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Item metadata aligned to `item_ids`, for the bundle: field -> array.
+
+    Text fields ("" where unknown) and `price` as float64 (NaN where unknown or not a
+    finite non-negative number). A missing catalogue, or columns it lacks or leaves blank
+    everywhere (users' own logs), give fewer fields or none: metadata is optional.
+    """
+    import pandas as pd
+
+    if not Path(path).is_file():
+        return {}
+    frame = read_id_table(path, "ITEM_ID", list(ITEM_METADATA_COLUMNS))
+    fields: dict[str, np.ndarray] = {}
+    for column, name in ITEM_METADATA_COLUMNS.items():
+        if column not in frame:
+            continue
+        values = aligned(frame, "ITEM_ID", column, item_ids)
+        if name == "price":
+            numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(
+                np.float64, copy=True
+            )
+            numbers[~np.isfinite(numbers) | (numbers < 0)] = np.nan
+            if np.isfinite(numbers).any():
+                fields[name] = numbers
+        elif (values != "").any():
+            fields[name] = values
+    return fields

@@ -8,7 +8,7 @@ from recsys.cli import run_stage
 from recsys.errors import StageError
 from recsys.fallback import load_item_categories
 from recsys.families import load_family, load_model, model_file
-from recsys.ids import load_ids
+from recsys.ids import load_ids, load_item_metadata
 from recsys.io import atomic_dir, load_csr, md5sum, read_json
 from recsys.params import load
 from recsys.paths import BUNDLE, ITEM_IDS, ITEMS, METRICS_JSON, TRAIN, USER_IDS
@@ -41,8 +41,11 @@ def main() -> None:
         "platform": describe(),  # CPU architecture, BLAS kernels, library versions
     }
     categories = load_item_categories(ITEMS, item_ids)
+    item_metadata = load_item_metadata(ITEMS, item_ids)  # category, style, price, description
     with atomic_dir(BUNDLE) as out:
-        meta = build_bundle(out, model, train, user_ids, item_ids, categories, params, extra)
+        meta = build_bundle(
+            out, model, train, user_ids, item_ids, categories, params, extra, item_metadata
+        )
     print(
         f"export: {BUNDLE}/ ({family.type}) with top-{params.top_n} for "
         f"{meta['personalised_users']:,} of {meta['users']:,} users, fallback of "

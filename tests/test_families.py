@@ -318,5 +318,5 @@ def test_bundle_serves_users_sessions_and_similar_items(
 
     similar = bundle.similar_items("i3", 6)
     assert "i3" not in similar and len(similar.scores) == len(similar) > 0
-    with pytest.raises(StageError, match="item 'nope' is not in the bundle's catalogue"):
+    with pytest.raises(StageError, match="item_id 'nope' is not in the bundle's catalogue"):
         bundle.similar_items("nope", 3)

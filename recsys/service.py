@@ -1,0 +1,523 @@
+"""The HTTP service over an exported bundle: an ASGI app (Starlette) run by uvicorn.
+
+    python -m recsys.service [--host 127.0.0.1] [--port 8000] [--bundle models/bundle]
+
+Endpoints (JSON in, JSON out):
+
+    GET  /health                          200 with the bundle's version once loaded, 503 before
+    GET  /recommendations/{user_id}?n=10  a user's precomputed top-n, or the labelled fallback
+    POST /recommendations                 {"items": [ITEM_ID, ...], "n": 10}: an anonymous session
+    GET  /items/{item_id}/similar?n=10    the most similar items
+    GET  /metadata                        model family, params, metrics, training data hash
+    POST /admin/reload                    load the bundle again (Bearer RECSYS_ADMIN_TOKEN)
+
+Every answer is computed from one bundle reference taken when the request starts, so a hot
+swap (SIGHUP or /admin/reload) never mixes two bundles in one answer and requests already
+running finish on the old one. A new bundle is loaded and verified (every file's md5) beside
+the old one, off the event loop, and replaces it in one assignment; a corrupt or incompatible
+one is refused, logged, and the old one keeps serving. Bad input is a 4xx JSON
+`{"error": ..., "field": ...}` naming the field and what was expected, never a traceback.
+
+Per request the work is small: a dict lookup and a slice for known users (precomputed
+top-N), one small linear solve and one matrix-vector product for sessions and similar
+items, on one BLAS thread (`limit_threads`), inside the event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from recsys.bundle import Bundle, Recommendations, load_bundle
+from recsys.errors import StageError
+from recsys.ids import MAX_ID_LENGTH
+from recsys.paths import BUNDLE, TRAIN
+
+log = logging.getLogger("recsys.service")
+
+BUNDLE_ENV = "BUNDLE_DIR"  # the bundle directory (default models/bundle)
+ADMIN_TOKEN_ENV = "RECSYS_ADMIN_TOKEN"  # unset or empty: /admin/reload is disabled
+DEFAULT_N = 10
+MAX_BODY_BYTES = 64 * 1024  # a session body larger than this is refused (413)
+MAX_SESSION_ITEMS = 500  # items in one anonymous session
+
+
+class ServiceError(Exception):
+    """A request the client can fix (4xx) or a state it can wait out (503), as JSON."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(status: int, message: str, field: str | None = None) -> JSON:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return JSON(body, status_code=status)
+
+
+def limit_threads() -> None:
+    """One BLAS thread for the whole process: each request is a tiny solve or product, and
+    the event loop (plus uvicorn) already keeps the cores busy under load."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, "blas")
+
+
+# --------------------------------------------------------------------------- bundle slot
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A bundle in service, with where it came from and when."""
+
+    bundle: Bundle
+    path: str
+    version: str
+    loaded_at: float
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "md5": self.bundle.md5,
+            "path": self.path,
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+            "users": int(self.bundle.user_ids.size),
+            "items": int(self.bundle.item_ids.size),
+            "max_n": self.bundle.max_n,
+        }
+
+
+class BundleSlot:
+    """The bundle the service answers from, swapped whole.
+
+    `current` is replaced by one assignment (atomic in Python), so a request that took the
+    old reference keeps using it to the end. Reloads are serialised by a lock.
+    """
+
+    def __init__(self, path: Path | str, version: str | None = None) -> None:
+        self.path = Path(path)
+        self.version_label = version  # e.g. the registry version fetched; else md5[:12]
+        self.current: Loaded | None = None
+        self.last_error: str | None = None
+        self.loading = False
+        self._lock = threading.Lock()
+
+    def require(self) -> Bundle:
+        loaded = self.current
+        if loaded is None:
+            state = "loading" if self.loading else f"unavailable: {self.last_error}"
+            raise ServiceError(503, f"no bundle loaded yet ({state})")
+        return loaded.bundle
+
+    def load(self, reason: str = "reload") -> Loaded:
+        """Load and verify the bundle directory, then swap it in; StageError if refused."""
+        with self._lock:
+            self.loading = True
+            old = self.current
+            try:
+                new = load_bundle(self.path)
+                check_compatible(new, old.bundle if old else None)
+            except (StageError, OSError, MemoryError, ValueError) as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                keeps = f"; still serving {old.version}" if old else ""
+                log.error("%s: bundle %s refused: %s%s", reason, self.path, self.last_error, keeps)
+                raise StageError(self.last_error) from None
+            finally:
+                self.loading = False
+            label = self.version_label if old is None and self.version_label else new.version
+            loaded = Loaded(new, str(self.path), label, time.time())
+            self.current = loaded
+            self.last_error = None
+            was = f" (was {old.version})" if old else ""
+            log.info("%s: serving bundle %s from %s%s", reason, loaded.version, self.path, was)
+            return loaded
+
+    async def load_async(self, reason: str) -> Loaded:
+        """`load` in a worker thread, so the event loop keeps answering meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.load, reason)
+
+
+def check_compatible(new: Bundle, old: Bundle | None) -> None:
+    """Refuse a bundle that cannot answer what the one in service answers."""
+    if old is not None and new.max_n < old.max_n:
+        raise StageError(
+            f"the bundle serves n <= {new.max_n}, the one in service n <= {old.max_n}; "
+            "clients may ask for more: restart the service to accept a smaller limit"
+        )
+
+
+# --------------------------------------------------------------------------- request parsing
+
+
+def parse_n(value: str | None, bundle: Bundle, field: str = "n") -> int:
+    if value is None:
+        return min(DEFAULT_N, bundle.max_n)
+    expected = f"expected an integer in [1, {bundle.max_n}]"
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise ServiceError(400, f"{field} = {value[:40]!r}; {expected}", field)
+    n = int(text)
+    if not 1 <= n <= bundle.max_n:
+        raise ServiceError(400, f"{field} = {n}; {expected}", field)
+    return n
+
+
+def check_query(request: Request, allowed: Sequence[str]) -> dict[str, str]:
+    params = request.query_params
+    for key in params:
+        if key not in allowed:
+            expected = ", ".join(allowed) if allowed else "none"
+            raise ServiceError(
+                400, f"unknown query parameter {key[:40]!r}; expected {expected}", key[:40]
+            )
+        if len(params.getlist(key)) > 1:
+            raise ServiceError(400, f"query parameter {key!r} given more than once", key)
+    return dict(params)
+
+
+def check_id(field: str, value: str) -> str:
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise ServiceError(
+            400, f"{field} of {len(value)} characters; expected 1 to {MAX_ID_LENGTH}", field
+        )
+    return value
+
+
+async def read_json_body(request: Request) -> Any:
+    """The body as JSON, refusing more than MAX_BODY_BYTES before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ServiceError(400, "Content-Length is not a number", "body")
+        if int(declared) > MAX_BODY_BYTES:
+            raise ServiceError(
+                413, f"body of {int(declared):,} bytes; expected at most {MAX_BODY_BYTES:,}", "body"
+            )
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ServiceError(413, f"body over {MAX_BODY_BYTES:,} bytes", "body")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ServiceError(400, "the client closed the connection mid-body", "body") from None
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise ServiceError(400, 'empty body; expected JSON like {"items": ["ITEM_ID"]}', "body")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ServiceError(400, f"body is not valid JSON ({exc})", "body") from None
+
+
+def parse_session(body: Any, bundle: Bundle) -> tuple[list[str], int]:
+    if not isinstance(body, dict):
+        raise ServiceError(
+            400, 'body: expected a JSON object like {"items": [...], "n": 10}', "body"
+        )
+    for key in body:
+        if key not in ("items", "n"):
+            raise ServiceError(
+                400, f"unknown field {str(key)[:40]!r}; expected items, n", str(key)[:40]
+            )
+    items = body.get("items")
+    if not isinstance(items, list):
+        raise ServiceError(400, "items: expected a list of ITEM_ID strings", "items")
+    if len(items) > MAX_SESSION_ITEMS:
+        raise ServiceError(
+            400, f"items: {len(items)} ids; expected at most {MAX_SESSION_ITEMS}", "items"
+        )
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not 1 <= len(item) <= MAX_ID_LENGTH:
+            shown = orjson.dumps(item)[:40].decode(errors="replace")
+            raise ServiceError(
+                400,
+                f"items[{i}] = {shown}; expected an ITEM_ID string of 1 to {MAX_ID_LENGTH} "
+                "characters",
+                "items",
+            )
+    n = body.get("n", min(DEFAULT_N, bundle.max_n))
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= bundle.max_n:
+        shown = orjson.dumps(n)[:40].decode(errors="replace")
+        raise ServiceError(400, f"n = {shown}; expected an integer in [1, {bundle.max_n}]", "n")
+    return items, n
+
+
+def item_list(bundle: Bundle, recs: Recommendations) -> list[dict[str, Any]]:
+    scores = recs.scores if recs.scores is not None else [None] * len(recs)
+    return [
+        {"item_id": item, "score": None if score is None else round(score, 6)} | meta
+        for item, score, meta in zip(recs, scores, bundle.item_metadata(recs), strict=True)
+    ]
+
+
+# --------------------------------------------------------------------------- the app
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def endpoint(func: Handler) -> Handler:
+    """Map ServiceError/StageError to their JSON answer and anything unexpected to a plain
+    500 (logged with its traceback here, never sent to the client)."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await func(request)
+        except ServiceError as exc:
+            return error_response(exc.status, exc.message, exc.field)
+        except StageError as exc:
+            return error_response(400, str(exc))
+        except Exception:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return error_response(500, "internal error; the service log has the details")
+
+    return wrapped
+
+
+def create_app(slot: BundleSlot, admin_token: str | None = None, load_on_startup: bool = True):
+    """The ASGI app over `slot`. With `load_on_startup` the lifespan loads the bundle in the
+    background (so /health says 503 until it is in) and SIGHUP reloads it."""
+
+    @endpoint
+    async def health(request: Request) -> Response:
+        check_query(request, ())
+        loaded = slot.current
+        if loaded is None:
+            status = "loading" if slot.loading or slot.last_error is None else "unavailable"
+            return JSON({"status": status, "error": slot.last_error}, status_code=503)
+        return JSON({"status": "ok", "bundle": loaded.info()})
+
+    @endpoint
+    async def user_recommendations(request: Request) -> Response:
+        query = check_query(request, ("n",))
+        bundle = slot.require()
+        user_id = check_id("user_id", request.path_params["user_id"])
+        recs = bundle.recommend(user_id, parse_n(query.get("n"), bundle))
+        return JSON(
+            {
+                "user_id": user_id,
+                "source": recs.source,
+                "known": recs.known,
+                "items": item_list(bundle, recs),
+            }
+        )
+
+    @endpoint
+    async def session_recommendations(request: Request) -> Response:
+        check_query(request, ())
+        body = await read_json_body(request)
+        bundle = slot.require()  # taken after the body arrived: one bundle per answer
+        items, n = parse_session(body, bundle)
+        recs, unknown = bundle.recommend_session(items, n)
+        return JSON(
+            {"source": recs.source, "items": item_list(bundle, recs), "unknown_items": unknown}
+        )
+
+    @endpoint
+    async def similar(request: Request) -> Response:
+        query = check_query(request, ("n",))
+        bundle = slot.require()
+        item_id = check_id("item_id", request.path_params["item_id"])
+        n = parse_n(query.get("n"), bundle)
+        try:
+            recs = bundle.similar_items(item_id, n)
+        except StageError as exc:
+            raise ServiceError(404, str(exc), "item_id") from None
+        (meta,) = bundle.item_metadata([item_id])
+        return JSON({"item_id": item_id, "item": meta, "items": item_list(bundle, recs)})
+
+    @endpoint
+    async def metadata(request: Request) -> Response:
+        check_query(request, ())
+        slot.require()
+        loaded = slot.current
+        assert loaded is not None
+        meta = loaded.bundle.metadata
+        params = meta.get("params", {})
+        return JSON(
+            {
+                "model": {
+                    "family": meta.get("model_type"),
+                    "params": params,
+                },
+                "metrics": meta.get("metrics", {}),
+                "training_data": {"md5": meta.get("inputs_md5", {}).get(str(TRAIN))},
+                "bundle": loaded.info(),
+                "limits": {
+                    "max_n": loaded.bundle.max_n,
+                    "max_session_items": MAX_SESSION_ITEMS,
+                    "max_body_bytes": MAX_BODY_BYTES,
+                },
+            }
+        )
+
+    @endpoint
+    async def reload(request: Request) -> Response:
+        if not admin_token:
+            raise ServiceError(404, f"admin endpoint disabled; set {ADMIN_TOKEN_ENV} to enable it")
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {admin_token}".encode()):
+            raise ServiceError(
+                401, "expected the header Authorization: Bearer <admin token>", "authorization"
+            )
+        previous = slot.current
+        try:
+            loaded = await slot.load_async("admin reload")
+        except StageError as exc:
+            serving = previous.info() if previous else None
+            return JSON(
+                {"error": f"new bundle refused: {exc}", "serving": serving}, status_code=409
+            )
+        return JSON(
+            {
+                "reloaded": True,
+                "bundle": loaded.info(),
+                "previous": previous.info() if previous else None,
+            }
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks: set[asyncio.Task[Any]] = set()
+
+        def start_load(reason: str) -> None:
+            # A refused bundle was logged by `load`; keep the task until it is done.
+            task = asyncio.ensure_future(slot.load_async(reason))
+            tasks.add(task)
+            task.add_done_callback(finished)
+
+        def finished(task: asyncio.Task[Any]) -> None:
+            tasks.discard(task)
+            if not task.cancelled():
+                task.exception()  # retrieved, so asyncio does not report it again
+
+        loop = asyncio.get_running_loop()
+        hup = False
+        if load_on_startup:
+            limit_threads()
+            start_load("startup")
+            try:
+                loop.add_signal_handler(signal.SIGHUP, start_load, "SIGHUP")
+                hup = True
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                log.warning("SIGHUP reload unavailable here; use POST /admin/reload")
+        try:
+            yield
+        finally:
+            if hup:
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = {
+            404: f"no such endpoint: {request.method} {request.url.path[:80]}",
+            405: f"method {request.method} not allowed here",
+        }.get(status, "request refused")
+        return error_response(status, message)
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/recommendations/{user_id}", user_recommendations, methods=["GET"]),
+        Route("/recommendations", session_recommendations, methods=["POST"]),
+        Route("/items/{item_id}/similar", similar, methods=["GET"]),
+        Route("/metadata", metadata, methods=["GET"]),
+        Route("/admin/reload", reload, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: not_found},
+    )
+
+
+# --------------------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _Parser(
+        prog="python -m recsys.service",
+        description="Serve recommendations from an exported bundle over HTTP (JSON). "
+        "SIGHUP or POST /admin/reload swaps in the bundle found at --bundle again.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("PORT") or 8000), help="port ($PORT or 8000)"
+    )
+    parser.add_argument(
+        "--bundle",
+        default=os.environ.get(BUNDLE_ENV) or str(BUNDLE),
+        help=f"bundle directory (${BUNDLE_ENV} or {BUNDLE})",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port {args.port}; expected 1 to 65535")
+
+    import uvicorn
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None
+    app = create_app(BundleSlot(args.bundle), admin_token=token)
+    log.info(
+        "pid %d, bundle %s; reload with kill -HUP %d%s",
+        os.getpid(),
+        args.bundle,
+        os.getpid(),
+        " or POST /admin/reload" if token else f" (admin endpoint off: {ADMIN_TOKEN_ENV} unset)",
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()
