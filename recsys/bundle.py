@@ -252,8 +252,9 @@ class Bundle:
         if not known:
             return Recommendations(self._fallback_list[:n], FALLBACK, known=False), unknown
         cols = np.asarray(known, dtype=np.int64)
+        # CSR from its arrays: the (row, col) form costs more than the scoring itself
         row = sp.csr_matrix(
-            (np.ones(cols.size, dtype=np.float32), (np.zeros(cols.size, dtype=np.int64), cols)),
+            (np.ones(cols.size, dtype=np.float32), cols, np.array([0, cols.size])),
             shape=(1, self.item_ids.size),
         )
         ids, scores = top_n_of(self.model.score_session(row)[0], n, cols)

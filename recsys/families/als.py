@@ -307,7 +307,7 @@ class AlsModel(FactorFamily):
         and each session costs a k x k solve (Woodbury identity), so a service answers a
         session in well under a millisecond. Sessions are requests, a handful per call.
         """
-        rows = sp.csr_matrix(rows, dtype=np.float64)
+        rows = rows if sp.isspmatrix_csr(rows) else sp.csr_matrix(rows)
         inverse = self._inverse_gram()
         if inverse is None:  # singular without regularization: implicit's own solve
             rows32 = sp.csr_matrix(rows, dtype=np.float32)
@@ -319,7 +319,7 @@ class AlsModel(FactorFamily):
             span = slice(rows.indptr[r], rows.indptr[r + 1])
             if span.start == span.stop:
                 continue
-            confidence = self.extra["alpha"] * rows.data[span]
+            confidence = self.extra["alpha"] * rows.data[span].astype(np.float64)
             chosen = self.item_factors[rows.indices[span]].astype(np.float64)  # k x f
             inv_b = inverse @ (confidence @ chosen)
             inv_ut = inverse @ chosen.T

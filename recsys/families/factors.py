@@ -93,13 +93,13 @@ class FactorFamily(Family):
         if self._normed is None:
             norms = np.linalg.norm(self.item_factors, axis=1, keepdims=True)
             self._normed = self.item_factors / np.where(norms > 0, norms, 1).astype(np.float32)
-        with threadpool_limits(1, "blas"):
-            scores = self._normed @ self._normed[item]
+        scores = self._normed @ self._normed[item]  # one request: no per-call BLAS limit
         return top_n_of(scores, n, np.array([item]))
 
     def _session_scores(self, user_vectors: np.ndarray) -> np.ndarray:
-        with threadpool_limits(1, "blas"):
-            return (user_vectors.astype(np.float32) @ self.item_factors.T).astype(np.float32)
+        # a request's few vectors: threadpool_limits here would cost more (about a
+        # millisecond per call) than the product; the service limits BLAS once at start
+        return (user_vectors.astype(np.float32) @ self.item_factors.T).astype(np.float32)
 
 
 def mean_item_vectors(rows: sp.csr_matrix, item_factors: np.ndarray) -> np.ndarray:
@@ -107,5 +107,4 @@ def mean_item_vectors(rows: sp.csr_matrix, item_factors: np.ndarray) -> np.ndarr
     rows = sp.csr_matrix(rows, dtype=np.float32)
     weight = np.asarray(rows.sum(axis=1), dtype=np.float32)
     weight[weight == 0] = 1
-    with threadpool_limits(1, "blas"):
-        return np.asarray(rows @ item_factors, dtype=np.float32) / weight
+    return np.asarray(rows @ item_factors, dtype=np.float32) / weight
