@@ -9,11 +9,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-<<<<<<< HEAD
-.PHONY: setup repro test test-all lint format bench bench-families fidelity clean-venv
-=======
-.PHONY: setup repro test test-all lint format bench serve bench-service clean-venv
->>>>>>> deploy
+.PHONY: setup repro test test-all lint format bench bench-families bench-service fidelity serve clean-venv
 
 setup: $(VENV)/.installed
 
@@ -45,14 +41,13 @@ format: setup
 bench: setup
 	python scripts/benchmark.py
 
-<<<<<<< HEAD
 bench-families: setup
 	python scripts/bench_families.py
 
 # the synthetic shop next to the reference's figures, for three seeds (about 15 minutes)
 fidelity: setup
 	python scripts/fidelity.py --seeds 42 7 2024
-=======
+
 # The HTTP service on 127.0.0.1:$PORT (8000) over $BUNDLE_DIR (models/bundle); `exec` so that
 # `kill -HUP` reaches the server itself and reloads the bundle.
 serve: setup
@@ -60,7 +55,6 @@ serve: setup
 
 bench-service: setup
 	python scripts/bench_service.py
->>>>>>> deploy
 
 clean-venv:
 	rm -rf $(VENV)

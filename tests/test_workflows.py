@@ -182,3 +182,15 @@ def test_main_workflow_checks_then_pushes_only_with_credentials() -> None:
     # Stale committed results stop the run before anything reaches the remote
     # (tests/test_check_repro.py checks the script's exit codes and messages).
     assert pull < repro < check < push
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_every_makefile_target_parses() -> None:
+    """The README's commands go through make: a broken Makefile breaks all of them."""
+    targets = ["setup", "repro", "test", "test-all", "lint", "format", "bench"]
+    targets += ["bench-families", "bench-service", "fidelity", "serve", "clean-venv"]
+    for target in targets:
+        proc = subprocess.run(
+            ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, (target, proc.stderr)
