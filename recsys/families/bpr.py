@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.bpr import BayesianPersonalizedRanking
-from threadpoolctl import threadpool_limits
 
 from recsys.families.base import Progress
 from recsys.families.factors import FactorFamily, mean_item_vectors
@@ -58,8 +57,8 @@ class BprModel(FactorFamily):
         cls, train: sp.csr_matrix, params: BprParams, threads: int,
         on_iteration: Progress | None = None,
     ) -> BprModel:  # fmt: skip
-        with threadpool_limits(1, "blas"):
-            model = BayesianPersonalizedRanking(
+        return cls._fit_one_thread(
+            lambda: BayesianPersonalizedRanking(
                 factors=params.factors,
                 learning_rate=params.learning_rate,
                 regularization=params.regularization,
@@ -68,13 +67,11 @@ class BprModel(FactorFamily):
                 num_threads=1,  # see the module docstring
                 verify_negative_samples=params.verify_negative_samples,
                 random_state=params.random_state,
-            )
-            model.fit(
-                train,
-                show_progress=False,
-                callback=None if on_iteration is None else lambda i, *_: on_iteration(i + 1, None),
-            )
-        return cls(model.user_factors, model.item_factors, threads)
+            ),
+            train,
+            threads,
+            on_iteration,
+        )
 
     def _implicit(self, threads: int) -> BayesianPersonalizedRanking:
         return BayesianPersonalizedRanking(

@@ -3,6 +3,7 @@ item factors, known users scored by implicit's own top-k, similar items by cosin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,7 +12,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsys.errors import StageError
-from recsys.families.base import Family, check_finite, check_rows, require, top_n_of
+from recsys.families.base import Family, Progress, check_finite, check_rows, require, top_n_of
 from recsys.ranking import top_k_unseen
 
 
@@ -40,6 +41,22 @@ class FactorFamily(Family):
 
     def _implicit(self, threads: int) -> Any:
         raise NotImplementedError
+
+    @classmethod
+    def _fit_one_thread(
+        cls, build: Callable[[], Any], train: sp.csr_matrix, threads: int,
+        on_iteration: Progress | None,
+    ) -> Any:  # fmt: skip
+        """Build an implicit SGD model (BPR, LMF) with `build` and fit it on one thread: its
+        lock-free updates make the factors depend on the thread count. Reports each epoch."""
+        with threadpool_limits(1, "blas"):
+            model = build()
+            model.fit(
+                train,
+                show_progress=False,
+                callback=None if on_iteration is None else lambda i, *_: on_iteration(i + 1, None),
+            )
+        return cls(model.user_factors, model.item_factors, threads)
 
     @property
     def implicit_model(self) -> Any:

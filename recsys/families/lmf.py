@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.lmf import LogisticMatrixFactorization
-from threadpoolctl import threadpool_limits
 
 from recsys.families.base import Progress
 from recsys.families.factors import FactorFamily, mean_item_vectors
@@ -56,8 +55,8 @@ class LmfModel(FactorFamily):
         cls, train: sp.csr_matrix, params: LmfParams, threads: int,
         on_iteration: Progress | None = None,
     ) -> LmfModel:  # fmt: skip
-        with threadpool_limits(1, "blas"):
-            model = LogisticMatrixFactorization(
+        return cls._fit_one_thread(
+            lambda: LogisticMatrixFactorization(
                 factors=params.factors,
                 learning_rate=params.learning_rate,
                 regularization=params.regularization,
@@ -66,13 +65,11 @@ class LmfModel(FactorFamily):
                 neg_prop=params.neg_prop,
                 num_threads=1,  # see the module docstring
                 random_state=params.random_state,
-            )
-            model.fit(
-                train,
-                show_progress=False,
-                callback=None if on_iteration is None else lambda i, *_: on_iteration(i + 1, None),
-            )
-        return cls(model.user_factors, model.item_factors, threads)
+            ),
+            train,
+            threads,
+            on_iteration,
+        )
 
     def _implicit(self, threads: int) -> LogisticMatrixFactorization:
         return LogisticMatrixFactorization(
