@@ -15,63 +15,27 @@ ALS is always measured too, as the reference.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmark import measure_stage, scratch_repo  # noqa: E402
+
 from recsys.families import FAMILIES  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ["generate", "confidence", "matrix", "mask"]
 MODEL_STAGES = ["train", "evaluate", "export"]
-
-
-def run_stage(stage: str, cwd: Path) -> tuple[float, float, str, str | None]:
-    """Run one stage; (wall seconds, peak RSS MiB, stdout, error line or None)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", f"stages.{stage}"], cwd=cwd, stdout=out, stderr=err,
-            env=dict(os.environ),
-        )  # fmt: skip
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        out.seek(0)
-        err.seek(0)
-        error = None
-        if os.waitstatus_to_exitcode(status) != 0:
-            lines = err.read().decode().strip().splitlines() or ["no output"]
-            error = lines[-1]
-        return wall, usage.ru_maxrss / 1024, out.read().decode(), error
 
 
 def seconds(pattern: str, text: str) -> float | None:
     found = re.search(pattern, text)
     return float(found.group(1)) if found else None
-
-
-def scratch_repo(scale: float, parent: Path) -> Path:
-    repo = parent / f"scale{scale:g}"
-    for package in ("stages", "recsys"):
-        shutil.copytree(
-            ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["generate"]["users"] = max(100, round(params["generate"]["users"] * scale))
-    params["generate"]["interactions"] = max(
-        1000, round(params["generate"]["interactions"] * scale)
-    )
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return repo
 
 
 def set_family(repo: Path, family: str) -> None:
@@ -99,9 +63,9 @@ def main() -> None:
             gen = yaml.safe_load((repo / "params.yaml").read_text())["generate"]
             print(f"\n== scale {scale:g}x: {gen['users']:,} users, {gen['interactions']:,} events")
             for stage in DATA_STAGES:
-                error = run_stage(stage, repo)[3]
+                error = measure_stage(stage, repo)[3]
                 if error:
-                    raise SystemExit(f"stage {stage} failed: {error}")
+                    raise SystemExit(f"stage {stage} failed: {error.splitlines()[-1]}")
             head = (
                 f"{'family':<9}{'fit s':>8}{'train s':>9}{'train MiB':>11}{'model MiB':>11}"
                 f"{'scoring s':>11}{'evaluate s':>12}{'eval MiB':>10}{'export s':>10}"
@@ -110,13 +74,13 @@ def main() -> None:
             print(head)
             for family in families:
                 set_family(repo, family)
-                results = {stage: run_stage(stage, repo) for stage in MODEL_STAGES[:1]}
+                results = {stage: measure_stage(stage, repo) for stage in MODEL_STAGES[:1]}
                 wall, rss, out, error = results["train"]
                 if error:
-                    print(f"{family:<9}refused or failed: {error}")
+                    print(f"{family:<9}refused or failed: {error.splitlines()[-1]}")
                     continue
                 for stage in MODEL_STAGES[1:]:
-                    results[stage] = run_stage(stage, repo)
+                    results[stage] = measure_stage(stage, repo)
                     if results[stage][3]:
                         raise SystemExit(f"{family}: {stage} failed: {results[stage][3]}")
                 model_mib = (repo / "models" / f"{family}.npz").stat().st_size / 2**20

@@ -28,8 +28,11 @@ STAGES = ["generate", "confidence", "matrix", "mask", "train", "evaluate", "expo
 DATA_STAGES = STAGES[:4]
 
 
-def run_stage(stage: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Run one stage; return (wall seconds, peak RSS in MiB, stdout) of that process alone."""
+def measure_stage(
+    stage: str, cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, float, str, str | None]:
+    """Run one stage; (wall seconds, peak RSS in MiB, stdout, last error line or None) of
+    that process alone."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -41,11 +44,20 @@ def run_stage(stage: str, cwd: Path, env: dict[str, str] | None = None) -> tuple
         )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) != 0:
-            err.seek(0)
-            raise SystemExit(f"stage {stage} failed:\n{err.read().decode()}")
         out.seek(0)
-        return wall, usage.ru_maxrss / 1024, out.read().decode()
+        err.seek(0)
+        error = None
+        if os.waitstatus_to_exitcode(status) != 0:
+            error = err.read().decode().strip() or "no output"
+        return wall, usage.ru_maxrss / 1024, out.read().decode(), error
+
+
+def run_stage(stage: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Run one stage; return (wall seconds, peak RSS in MiB, stdout); stop if it fails."""
+    wall, rss, stdout, error = measure_stage(stage, cwd, env)
+    if error is not None:
+        raise SystemExit(f"stage {stage} failed:\n{error}")
+    return wall, rss, stdout
 
 
 def fit_seconds(train_stdout: str) -> float:
@@ -56,15 +68,19 @@ def fit_seconds(train_stdout: str) -> float:
     return float(found.group(1))
 
 
-def scratch_repo(scale: int, parent: Path) -> Path:
-    repo = parent / f"scale{scale}"
+def scratch_repo(scale: float, parent: Path) -> Path:
+    """A copy of the code and params.yaml with the shop scaled by `scale` (0.02 = a quick
+    check, 10 = 1M users)."""
+    repo = parent / f"scale{scale:g}"
     for package in ("stages", "recsys"):
         shutil.copytree(
             ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__")
         )
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["generate"]["users"] *= scale
-    params["generate"]["interactions"] *= scale
+    params["generate"]["users"] = max(100, round(params["generate"]["users"] * scale))
+    params["generate"]["interactions"] = max(
+        1000, round(params["generate"]["interactions"] * scale)
+    )
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo
 
