@@ -28,7 +28,7 @@ from recsys.errors import StageError
 from recsys.fallback import build_fallback
 from recsys.families import FAMILIES, Family, load_model
 from recsys.families.base import top_n_of
-from recsys.io import load_npz, md5sum, read_json, write_json, write_npz
+from recsys.io import load_npz, map_npz, md5sum, read_json, write_json, write_npz
 from recsys.params import Section
 from recsys.paths import BUNDLE
 
@@ -185,14 +185,16 @@ class Bundle:
     model: Family
     items_meta: dict[str, np.ndarray] = field(default_factory=dict)  # items.npz, may be empty
     md5: str = ""  # md5 of metadata.json, which records every file's md5: the bundle's identity
-    _rows: dict[str, int] = field(init=False, repr=False)
+    _order: np.ndarray | None = field(init=False, repr=False)
     _items: dict[str, int] = field(init=False, repr=False)
     _fallback_list: list[str] = field(init=False, repr=False)
-    _sorted: np.ndarray | None = field(default=None, init=False, repr=False)
     _item_dicts: list[dict[str, Any]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._rows = dict(zip(self.user_ids.tolist(), range(self.user_ids.size), strict=True))
+        # Users are found by binary search in the (memory-mapped) id array, which the
+        # pipeline writes sorted: no per-user dict, so 10M users cost no extra RAM.
+        ids = self.user_ids
+        self._order = None if bool(np.all(ids[1:] > ids[:-1])) else np.argsort(ids, kind="stable")
         self._items = dict(zip(self.item_ids.tolist(), range(self.item_ids.size), strict=True))
         self._fallback_list = self.fallback.tolist()
         self._item_dicts = _item_dicts(self.items_meta, self.item_ids.size)
@@ -216,10 +218,22 @@ class Bundle:
                 f"re-export with a larger export.top_n / export.fallback_size"
             )
 
+    def user_rows(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row of each id, whether the bundle has it); rows of unknown ids are arbitrary."""
+        ids = self.user_ids if self._order is None else self.user_ids[self._order]
+        pos = np.minimum(np.searchsorted(ids, user_ids), ids.size - 1)
+        found = ids[pos] == user_ids
+        return (pos if self._order is None else self._order[pos]), found
+
+    def user_row(self, user_id: str) -> int | None:
+        """Row of `user_id` in the bundle, None if it is not there."""
+        rows, found = self.user_rows(np.array([user_id]))
+        return int(rows[0]) if found[0] else None
+
     def recommend(self, user_id: str, n: int = 10) -> Recommendations:
         """Top-`n` item ids for `user_id`; the fallback (labelled) if it has no history."""
         self.check_n(n)
-        row = self._rows.get(str(user_id))
+        row = self.user_row(str(user_id))
         if row is None or not self.personalised[row]:
             return Recommendations(self._fallback_list[:n], FALLBACK, known=row is not None)
         top = self.items[row, :n]
@@ -287,12 +301,8 @@ class Bundle:
     def recommend_many(self, user_ids: Sequence[str], n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised batch: (users x n) item ids ("" in unfillable slots), fallback flags."""
         self.check_n(n)
-        query = np.asarray(user_ids, dtype=str).reshape(-1)
-        if self._sorted is None:  # built on first batch call; single lookups use the dict
-            self._sorted = np.argsort(self.user_ids, kind="stable")
-        pos = np.searchsorted(self.user_ids[self._sorted], query)
-        rows = self._sorted[np.minimum(pos, self._sorted.size - 1)]
-        use_fallback = ~((self.user_ids[rows] == query) & self.personalised[rows])
+        rows, found = self.user_rows(np.asarray(user_ids, dtype=str).reshape(-1))
+        use_fallback = ~(found & self.personalised[rows])
         top = self.items[rows, :n]
         out = np.where(top >= 0, self.item_ids[np.maximum(top, 0)], "")
         out[use_fallback] = self.fallback[:n]
@@ -314,7 +324,7 @@ def load_bundle(path: Path | str = BUNDLE) -> Bundle:
     _check_files(path, metadata)
     arrays: dict[str, np.ndarray] = {}
     for name, keys in _REQUIRED.items():
-        loaded = load_npz(path / name)
+        loaded = map_npz(path / name)  # per-user arrays stay in the file, shared
         for key in keys:
             if key not in loaded:
                 raise StageError(f"{path}/{name}: missing array '{key}'; re-run export")

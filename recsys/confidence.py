@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from recsys.errors import StageError
-from recsys.ids import check_id_length
+from recsys.ids import MAX_ID_LENGTH, check_id_length
 from recsys.io import atomic_path
 from recsys.params import Section
 from recsys.paths import CONFIDENCE, INTERACTIONS
@@ -27,6 +29,25 @@ AGGREGATIONS = ["sum", "log"]
 # mantissa) lose the small weights entirely, and near 3.4e38 they overflow to inf.
 MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6
 COLUMNS = ["USER_ID", "ITEM_ID", "EVENT_TYPE", "TIMESTAMP"]
+CHUNK_ROWS = 1 << 23  # events reduced at a time: 8M events cost about 0.5 GB to sort
+ROW_GROUP = 1 << 20  # pairs per Parquet row group (pyarrow's default)
+
+
+def _pairs_schema() -> pa.Schema:
+    """The schema, pandas metadata included, that pandas' `to_parquet` gave this file: the
+    stage writes Arrow directly now, and the same pairs still give the same bytes."""
+    frame = pd.DataFrame(
+        {
+            "USER_ID": np.array(["u"], dtype=object),
+            "ITEM_ID": np.array(["i"], dtype=object),
+            "CONFIDENCE": np.zeros(1, dtype=np.float32),
+            "LAST_TIMESTAMP": np.zeros(1, dtype=np.int64),
+        }
+    )
+    return pa.Schema.from_pandas(frame, preserve_index=False)
+
+
+PAIRS_SCHEMA = _pairs_schema()
 
 
 @dataclass(frozen=True)
@@ -61,8 +82,9 @@ class ConfidenceParams:
         )
 
 
-def load_events(path: Path | str = INTERACTIONS) -> pd.DataFrame:
-    """Read only the columns confidence needs; ids as categoricals to stay lean at 10x scale.
+def load_events(path: Path | str = INTERACTIONS) -> pa.Table:
+    """Read only the columns confidence needs, ids dictionary-encoded (one dictionary per
+    column for the whole file), so 80M events cost 20 bytes each, not a string each.
 
     Ids are read as text, never as numbers: "007" and "7" are two users.
     """
@@ -78,8 +100,7 @@ def load_events(path: Path | str = INTERACTIONS) -> pd.DataFrame:
                 column_types=types,
                 strings_can_be_null=False,  # ids such as "NA" or "null" are ids
             ),
-        )
-        events = table.unify_dictionaries().combine_chunks().to_pandas()
+        ).unify_dictionaries()
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run the generate stage first (dvc repro)") from None
     except (ValueError, KeyError, OSError, UnicodeDecodeError, pa.ArrowException) as exc:
@@ -91,76 +112,186 @@ def load_events(path: Path | str = INTERACTIONS) -> pd.DataFrame:
         raise StageError(
             f"{path}: not a readable event log with columns {', '.join(COLUMNS)} ({reason})"
         ) from None
-    for column in ("USER_ID", "ITEM_ID", "EVENT_TYPE"):  # sorted ids: a stable pair order
-        categories = events[column].cat.categories.to_numpy(dtype=object)
-        events[column] = events[column].cat.set_categories(np.sort(categories))
-    if events.empty:
+    if table.num_rows == 0:
         raise StageError(f"{path}: no events (header only); expected at least one row")
-    if not pd.api.types.is_integer_dtype(events["TIMESTAMP"]):
-        raise StageError(f"{path}: column TIMESTAMP must hold whole epoch seconds")
+    timestamps = table["TIMESTAMP"]
+    if timestamps.null_count:
+        row = int(np.flatnonzero(timestamps.is_null().to_numpy(zero_copy_only=False))[0])
+        raise StageError(
+            f"{path}: line {row + 2}: blank TIMESTAMP; column TIMESTAMP must hold whole "
+            "epoch seconds"
+        )
     for column in ("USER_ID", "ITEM_ID", "EVENT_TYPE"):
-        if "" in events[column].cat.categories:
-            row = int(np.flatnonzero(events[column].to_numpy() == "")[0]) + 2
-            raise StageError(f"{path}: line {row}: blank {column}; expected an id")
+        ids = dictionary(table[column])
+        blank = pc.equal(ids, "").to_numpy(zero_copy_only=False)
+        if blank.any():
+            row = _first_row(table[column], int(np.flatnonzero(blank)[0]))
+            raise StageError(f"{path}: line {row + 2}: blank {column}; expected an id")
     for column in ("USER_ID", "ITEM_ID"):  # the file can be edited by hand
-        ids = events[column].cat
-        check_id_length(path, column, ids.categories, ids.codes.to_numpy())
-    return events
+        ids = dictionary(table[column])
+        if pc.max(pc.utf8_length(ids)).as_py() > MAX_ID_LENGTH:
+            check_id_length(path, column, ids, codes(table[column]))
+    return table
 
 
-def event_weights(event_types: pd.Series, weights: dict[str, float]) -> np.ndarray:
-    """Weight per event; an event type without a weight is an error that names it."""
-    codes = event_types.cat.categories
-    missing = [str(c) for c in codes if c not in weights]
+def dictionary(column: pa.ChunkedArray) -> pa.Array:
+    """The one dictionary of a column read by `load_events` (unified across chunks)."""
+    if column.num_chunks == 0:
+        return pa.array([], pa.string())
+    return column.chunk(0).dictionary
+
+
+def codes(column: pa.ChunkedArray, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Each row's index into `dictionary(column)`, for chunks start..stop."""
+    chunks = column.chunks[start:stop]
+    if not chunks:
+        return np.empty(0, dtype=np.int32)
+    return np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
+
+
+def _first_row(column: pa.ChunkedArray, code: int) -> int:
+    """0-based row of the first occurrence of dictionary entry `code`."""
+    offset = 0
+    for chunk in column.chunks:
+        hits = np.flatnonzero(chunk.indices.to_numpy(zero_copy_only=False) == code)
+        if hits.size:
+            return offset + int(hits[0])
+        offset += len(chunk)
+    raise AssertionError("dictionary entry with no row")
+
+
+def event_weights(event_types: pa.Array, weights: dict[str, float]) -> np.ndarray:
+    """Weight per event type of the dictionary `event_types`; a type without a weight is an
+    error that names it."""
+    names = event_types.to_pylist()
+    missing = [str(c) for c in names if c not in weights]
     if missing:
         raise StageError(
             f"{INTERACTIONS}: event type {missing[0]!r} has no weight; add it to "
             f"confidence.weights in params.yaml (known: {', '.join(weights)})"
         )
-    table = np.array([weights[c] for c in codes], dtype=np.float64)
-    return table[event_types.cat.codes.to_numpy()]
+    return np.array([weights[c] for c in names], dtype=np.float64)
+
+
+def sorted_ids(ids: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(the ids sorted, each id's rank in that order). Arrow sorts UTF-8 bytes: code point
+    order, the order of a sorted pandas categorical, so pair order and id maps are stable."""
+    order = pc.array_sort_indices(ids).to_numpy()
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return ids.take(pa.array(order)), rank
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """One entry per (user, item) pair, sorted by (USER_ID, ITEM_ID): indices into the
+    sorted distinct ids, the aggregated CONFIDENCE (float32) and LAST_TIMESTAMP (int64)."""
+
+    user_ids: pa.Array
+    item_ids: pa.Array
+    user: np.ndarray
+    item: np.ndarray
+    confidence: np.ndarray
+    last_timestamp: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.user.size)
+
+    def table(self, start: int = 0, stop: int | None = None) -> pa.Table:
+        """Rows start..stop with the ids as text, in the confidence file's schema."""
+        rows = slice(start, stop)
+        return pa.Table.from_arrays(
+            [
+                self.user_ids.take(pa.array(self.user[rows])).cast(pa.large_string()),
+                self.item_ids.take(pa.array(self.item[rows])).cast(pa.large_string()),
+                pa.array(self.confidence[rows]),
+                pa.array(self.last_timestamp[rows]),
+            ],
+            schema=PAIRS_SCHEMA,
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table().to_pandas()
+
+
+def _group(
+    key: np.ndarray, weight: np.ndarray, ts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct keys ascending, sum of weights, max of ts) per key; sums run in row order."""
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    return (
+        key[start],
+        np.add.reduceat(weight[order], start),
+        np.maximum.reduceat(ts[order], start),
+    )
 
 
 def aggregate(
-    events: pd.DataFrame, weights: dict[str, float], aggregation: str, log_epsilon: float
-) -> pd.DataFrame:
-    """One row per (user, item) pair: CONFIDENCE (float32) and LAST_TIMESTAMP (int64)."""
-    frame = pd.DataFrame(
-        {
-            "USER_ID": events["USER_ID"],
-            "ITEM_ID": events["ITEM_ID"],
-            "w": event_weights(events["EVENT_TYPE"], weights),
-            "ts": events["TIMESTAMP"].to_numpy(np.int64),
-        }
-    )
-    pairs = frame.groupby(["USER_ID", "ITEM_ID"], observed=True, sort=True).agg(
-        CONFIDENCE=("w", "sum"), LAST_TIMESTAMP=("ts", "max")
-    )
-    confidence = pairs["CONFIDENCE"].to_numpy()
+    events: pa.Table, weights: dict[str, float], aggregation: str, log_epsilon: float
+) -> Pairs:
+    """Aggregate the events into `Pairs`, `CHUNK_ROWS` events at a time.
+
+    Each chunk is reduced to its own pairs (a sort of int64 pair keys), then the chunks'
+    pairs are reduced again, so memory follows the number of pairs plus one chunk, not the
+    number of events.
+    """
+    users, user_rank = sorted_ids(dictionary(events["USER_ID"]))
+    items, item_rank = sorted_ids(dictionary(events["ITEM_ID"]))
+    weight_of = event_weights(dictionary(events["EVENT_TYPE"]), weights)
+    n_items = max(1, len(items))
+    columns = [events[c] for c in ("USER_ID", "ITEM_ID", "EVENT_TYPE", "TIMESTAMP")]
+    parts = []
+    for start, stop in _chunk_ranges(columns[0], CHUNK_ROWS):
+        u, i, e = (codes(c, start, stop) for c in columns[:3])
+        ts = np.concatenate(
+            [c.to_numpy() for c in columns[3].chunks[start:stop]] or [np.empty(0, np.int64)]
+        )
+        parts.append(_group(user_rank[u] * n_items + item_rank[i], weight_of[e], ts))
+        del u, i, e, ts
+    if len(parts) == 1:
+        key, total, last = parts[0]
+    else:
+        key, total, last = _group(*(np.concatenate(p) for p in zip(*parts, strict=True)))
+    del parts
     with np.errstate(over="ignore"):  # refused below, naming a pair
         if aggregation == "log":
-            confidence = np.log1p(confidence / log_epsilon)
-        confidence = confidence.astype(np.float32)
-    out = pairs.reset_index()
+            total = np.log1p(total / log_epsilon)
+        confidence = total.astype(np.float32)
+    user, item = np.divmod(key, n_items)
+    pairs = Pairs(users, items, user.astype(np.int32), item.astype(np.int32), confidence, last)
     bad = ~np.isfinite(confidence)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise StageError(
-            f"{INTERACTIONS}: the pair USER_ID {str(out['USER_ID'].iloc[row])!r}, ITEM_ID "
-            f"{str(out['ITEM_ID'].iloc[row])!r} aggregates to a confidence of {confidence[row]} "
+            f"{INTERACTIONS}: the pair USER_ID {users[int(user[row])].as_py()!r}, ITEM_ID "
+            f"{items[int(item[row])].as_py()!r} aggregates to a confidence of {confidence[row]} "
             f"({bad.sum():,} pairs do); expected a finite float32: lower confidence.weights "
             "or raise confidence.log_epsilon in params.yaml"
         )
-    return pd.DataFrame(
-        {
-            "USER_ID": out["USER_ID"].astype(str).to_numpy(),
-            "ITEM_ID": out["ITEM_ID"].astype(str).to_numpy(),
-            "CONFIDENCE": confidence,
-            "LAST_TIMESTAMP": out["LAST_TIMESTAMP"].to_numpy(np.int64),
-        }
-    )
+    return pairs
 
 
-def write_pairs(pairs: pd.DataFrame, path: Path | str = CONFIDENCE) -> None:
-    with atomic_path(path) as tmp:
-        pairs.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
+def _chunk_ranges(column: pa.ChunkedArray, rows: int) -> list[tuple[int, int]]:
+    """Ranges of whole chunks of about `rows` rows each (at least one range)."""
+    ranges, start, size = [], 0, 0
+    for j, chunk in enumerate(column.chunks):
+        size += len(chunk)
+        if size >= rows:
+            ranges.append((start, j + 1))
+            start, size = j + 1, 0
+    if start < column.num_chunks or not ranges:
+        ranges.append((start, column.num_chunks))
+    return ranges
+
+
+def write_pairs(pairs: Pairs, path: Path | str = CONFIDENCE) -> None:
+    """Parquet (zstd) in row groups of `ROW_GROUP` pairs, ids materialised one group at a
+    time; the bytes are those pandas' `to_parquet` wrote for the same pairs."""
+    with (
+        atomic_path(path) as tmp,
+        pq.ParquetWriter(tmp, PAIRS_SCHEMA, compression="zstd") as writer,
+    ):
+        for start in range(0, max(len(pairs), 1), ROW_GROUP):
+            writer.write_table(pairs.table(start, start + ROW_GROUP), row_group_size=ROW_GROUP)

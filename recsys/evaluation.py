@@ -1,6 +1,7 @@
 """The offline evaluation protocol: who is scored, against what, and how it is summarised.
 
-Every user with at least one held-out pair is scored; each user's training items are
+Every user with at least one held-out pair is scored (or a seeded sample of them,
+`evaluate.max_users`, for logs of millions of users); each user's training items are
 excluded from every ranking (a shop does not recommend what the user already has). AP@K
 divides by min(K, |held-out|), as `implicit.evaluation` does: not the reference article's
 comparison with a second model on 20 users. Also scored: the most-popular baseline, the
@@ -41,6 +42,8 @@ class EvaluateParams:
     k: int
     bootstrap_samples: int = 1000
     bootstrap_seed: int = 0
+    max_users: int = 0
+    sample_seed: int = 0
 
     @classmethod
     def from_section(cls, s: Section) -> EvaluateParams:
@@ -48,6 +51,8 @@ class EvaluateParams:
             k=s.int("k", min=1, max=1000),
             bootstrap_samples=s.int("bootstrap_samples", 1000, min=100, max=100_000),
             bootstrap_seed=s.int("bootstrap_seed", 0, min=0, max=2**32 - 1),
+            max_users=s.int("max_users", 0, min=0),
+            sample_seed=s.int("sample_seed", 0, min=0, max=2**32 - 1),
         )
 
 
@@ -65,17 +70,32 @@ def check_split(
         raise StageError(f"{TEST}: no held-out pairs; check the mask params")
 
 
-def evaluated_users(test: sp.csr_matrix) -> np.ndarray:
-    """Row indices of every user with at least one held-out pair."""
-    return np.flatnonzero(np.diff(test.indptr) > 0)
+def evaluated_users(test: sp.csr_matrix, max_users: int = 0, seed: int = 0) -> np.ndarray:
+    """Row indices of every user with at least one held-out pair, or, when there are more
+    than `max_users` (> 0), a seeded uniform sample of that many of them, ascending.
+
+    A sample of users keeps the full ranking over every item for each user it scores:
+    sampling items instead biases the metrics (Krichene & Rendle, KDD 2020).
+    """
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    if 0 < max_users < users.size:
+        rng = np.random.default_rng(seed)
+        users = np.sort(rng.choice(users, size=max_users, replace=False))
+    return users
 
 
 def score_model_and_baseline(
-    model: Family, train: sp.csr_matrix, test: sp.csr_matrix, k: int
+    model: Family,
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    k: int,
+    users: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Recommendations and metrics (every k) of the model and most-popular on all users,
-    plus the seconds the model's own scoring took (`scoring_seconds`)."""
-    users = evaluated_users(test)
+    """Recommendations and metrics (every k) of the model and most-popular on `users`
+    (default: `evaluated_users(test)`), plus the seconds the model's own scoring took
+    (`scoring_seconds`)."""
+    if users is None:
+        users = evaluated_users(test)
     test_rows = test[users]
     start = time.perf_counter()
     model_recs = model.recommend(users, train, k)[0]
@@ -291,9 +311,16 @@ def evaluate_model(
     `categories` one per item column. Each is optional: metadata a log may not have.
     """
     k = params.k
-    scored = score_model_and_baseline(model, train, test, k)
-    users = scored["users"]
+    users = evaluated_users(test, params.max_users, params.sample_seed)
+    scored = score_model_and_baseline(model, train, test, k, users)
     metrics: dict[str, Any] = summary(scored["model"], users.size)
+    held_out_users = int(np.count_nonzero(np.diff(test.indptr)))
+    if users.size < held_out_users:  # named only when it applies: 1x metrics are unchanged
+        metrics["sample"] = {
+            "users": int(users.size),
+            "of_users": held_out_users,
+            "seed": params.sample_seed,
+        }
     bars, per_user = error_bars(scored, test, params.bootstrap_samples, params.bootstrap_seed)
     metrics |= bars
     metrics["k"] = k

@@ -254,6 +254,57 @@ def load_npz(path: Path | str) -> dict[str, np.ndarray]:
         raise StageError(f"{path}: not a readable .npz file; re-run dvc repro") from None
 
 
+def map_npz(path: Path | str) -> dict[str, np.ndarray]:
+    """Every array of an uncompressed `.npz` (as `write_npz` writes), memory-mapped read-only.
+
+    The arrays stay in the file: the operating system loads pages on first touch and
+    shares them between every process that maps the same file, so N service workers over a
+    10M-user bundle hold one copy, not N. A compressed member cannot be mapped and is
+    refused; a broken file is a StageError.
+    """
+    path = Path(path)
+    out: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as zf, path.open("rb") as f:
+            for info in zf.infolist():
+                if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                    raise ValueError(f"member {info.filename} is not a stored .npy")
+                f.seek(info.header_offset)
+                local = f.read(30)
+                if local[:4] != b"PK\x03\x04":
+                    raise ValueError("bad local header")
+                name_len, extra_len = (
+                    int.from_bytes(local[26:28], "little"),
+                    int.from_bytes(local[28:30], "little"),
+                )
+                f.seek(info.header_offset + 30 + name_len + extra_len)
+                version = np.lib.format.read_magic(f)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read_header(f)
+                if dtype.hasobject:
+                    raise ValueError(f"member {info.filename} holds objects")
+                offset = f.tell()
+                if offset + int(np.prod(shape)) * dtype.itemsize > f.seek(0, os.SEEK_END):
+                    raise ValueError(f"member {info.filename} is truncated")
+                key = info.filename[: -len(".npy")]
+                if 0 in shape or not shape:  # nothing to map (or a scalar): read it
+                    out[key] = np.lib.format.read_array(zf.open(info), allow_pickle=False)
+                else:
+                    out[key] = np.memmap(
+                        path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                        order="F" if fortran else "C",
+                    )  # fmt: skip
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; run the upstream stage first (dvc repro)") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise StageError(f"{path}: not a readable .npz file ({exc}); re-run dvc repro") from None
+    return out
+
+
 def save_csr(path: Path | str, matrix: sp.csr_matrix) -> None:
     """Write a CSR matrix readable by `scipy.sparse.load_npz`, deterministically."""
     m = sp.csr_matrix(matrix)

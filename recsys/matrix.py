@@ -8,11 +8,12 @@ pair's last timestamp, for the time-based split.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from recsys.errors import StageError
@@ -21,9 +22,11 @@ from recsys.paths import CONFIDENCE
 COLUMNS = ["USER_ID", "ITEM_ID", "CONFIDENCE", "LAST_TIMESTAMP"]
 
 
-def load_pairs(path: Path | str = CONFIDENCE) -> pd.DataFrame:
+def load_pairs(path: Path | str = CONFIDENCE) -> pa.Table:
+    """The pairs as an Arrow table, ids read as Parquet stored them (dictionary-encoded), so
+    no per-pair string is materialised."""
     try:
-        return pd.read_parquet(path, columns=COLUMNS)
+        table = pq.read_table(path, columns=COLUMNS, read_dictionary=["USER_ID", "ITEM_ID"])
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run the confidence stage first (dvc repro)") from None
     except (OSError, ValueError, KeyError, pa.ArrowException):
@@ -31,43 +34,58 @@ def load_pairs(path: Path | str = CONFIDENCE) -> pd.DataFrame:
             f"{path}: not a readable Parquet file with columns {', '.join(COLUMNS)}; "
             "re-run the confidence stage"
         ) from None
+    return table
 
 
-def build(pairs: pd.DataFrame) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray, np.ndarray]:
+def build(pairs: pa.Table) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray, np.ndarray]:
     """Return (confidence CSR float32, last-seen CSR int64, user ids, item ids)."""
-    if pairs.empty:
+    if pairs.num_rows == 0:
         raise StageError(f"{CONFIDENCE}: no (user, item) pairs; the event log is empty")
     user_ids, rows = factorise(pairs["USER_ID"], "USER_ID")
     item_ids, cols = factorise(pairs["ITEM_ID"], "ITEM_ID")
     shape = (len(user_ids), len(item_ids))
     confidence = sp.csr_matrix(
-        (pairs["CONFIDENCE"].to_numpy(np.float32), (rows, cols)), shape=shape, dtype=np.float32
+        (pairs["CONFIDENCE"].to_numpy().astype(np.float32, copy=False), (rows, cols)),
+        shape=shape,
+        dtype=np.float32,
     )
     last_seen = sp.csr_matrix(
-        (pairs["LAST_TIMESTAMP"].to_numpy(np.int64), (rows, cols)), shape=shape, dtype=np.int64
+        (pairs["LAST_TIMESTAMP"].to_numpy().astype(np.int64, copy=False), (rows, cols)),
+        shape=shape,
+        dtype=np.int64,
     )
-    if confidence.nnz != len(pairs):
+    if confidence.nnz != pairs.num_rows:
         raise StageError(f"{CONFIDENCE}: duplicate (USER_ID, ITEM_ID) pairs; re-run confidence")
     return confidence, last_seen, user_ids, item_ids
 
 
-def factorise(values: pd.Series, column: str) -> tuple[np.ndarray, np.ndarray]:
+def factorise(values: Any, column: str) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct ids, each pair's index into them), like `np.unique(return_inverse)`.
 
-    Each distinct id is stored and sorted once (a dictionary encoding), and each pair costs
-    one integer: a fixed-width unicode array per pair would cost the longest id's length
-    times the number of pairs. Arrow sorts UTF-8 bytes, which is code point order, the
-    order `np.unique` gives, so the id maps are unchanged.
+    `values` is text (Arrow, pandas or a sequence) or an Arrow dictionary column. Each
+    distinct id is stored and sorted once (a dictionary encoding), and each pair costs one
+    integer: a fixed-width unicode array per pair would cost the longest id's length times
+    the number of pairs. Arrow sorts UTF-8 bytes, which is code point order, the order
+    `np.unique` gives, so the id maps are unchanged.
     """
-    arrow = pa.array(values)  # zero-copy for pandas' Arrow-backed strings
-    if isinstance(arrow, pa.ChunkedArray):
-        arrow = arrow.combine_chunks()
-    encoded = arrow.cast(pa.large_string())
-    if encoded.null_count:
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = pa.array(values)  # zero-copy for pandas' Arrow-backed strings
+    if isinstance(values, pa.Array):
+        values = pa.chunked_array([values])
+    if values.null_count:
         raise StageError(f"{CONFIDENCE}: a missing {column}; re-run the confidence stage")
-    encoded = encoded.dictionary_encode()
-    order = pc.array_sort_indices(encoded.dictionary).to_numpy()
+    if not pa.types.is_dictionary(values.type):
+        values = values.cast(pa.large_string()).dictionary_encode()
+    values = pa.table({column: values}).unify_dictionaries()[column]
+    dictionary = values.chunk(0).dictionary.cast(pa.large_string())
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in values.chunks])
+    used = np.flatnonzero(np.bincount(codes, minlength=len(dictionary)))
+    if used.size < len(dictionary):  # a dictionary may hold values no pair uses
+        remap = np.full(len(dictionary), -1, dtype=np.int64)
+        remap[used] = np.arange(used.size)
+        dictionary, codes = dictionary.take(pa.array(used)), remap[codes]
+    order = pc.array_sort_indices(dictionary).to_numpy()
     rank = np.empty(order.size, dtype=np.int64)
     rank[order] = np.arange(order.size)
-    ids = encoded.dictionary.take(order).to_numpy(zero_copy_only=False)
-    return ids, rank[encoded.indices.to_numpy()]
+    ids = dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False)
+    return ids, rank[codes]

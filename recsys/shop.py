@@ -66,6 +66,7 @@ FUNNEL_SHARES = (0.08, 0.05, 0.02, 0.01)
 FUNNEL_STEP_SECONDS = (1, 30)  # a funnel event lands this many seconds after the previous row
 SLOT_WEIGHTS = np.array([0.6, 0.25, 0.15])
 CLIQUE_WINDOW = 4  # a clique is its first product plus this many of a random cyclic order
+BLOCK = 1 << 23  # elements per block where a step needs float temporaries
 ACTIVE_SHARE = 0.8  # share of the `days` window the log spans (72 of 90 days)
 PROMOTED_PRODUCTS = 609
 PRICE_BOUNDS = (1.10, 1858.99)
@@ -467,8 +468,15 @@ def funnel_views(n_views: int) -> list[np.ndarray]:
     is below int(share x Views so far), each type checked on its own: with shares below 1
     that is exactly the Views where int(share x v) steps up, a fixed rhythm per type.
     """
-    v = np.arange(1, n_views + 1, dtype=np.float64)
-    return [np.flatnonzero(np.diff(np.floor(share * np.r_[0.0, v])) > 0) for share in FUNNEL_SHARES]
+    out = []
+    for share in FUNNEL_SHARES:
+        parts, level = [], 0.0
+        for lo in range(0, n_views, BLOCK):  # blocks: 8 bytes per View, not 40
+            levels = np.floor(share * np.arange(lo + 1, min(lo + BLOCK, n_views) + 1.0))
+            parts.append(lo + np.flatnonzero(np.diff(levels, prepend=level) > 0))
+            level = levels[-1]
+        out.append(np.concatenate(parts) if parts else np.empty(0, dtype=np.int64))
+    return out
 
 
 def views_per_pick(product: np.ndarray) -> np.ndarray:
@@ -483,33 +491,49 @@ def views_per_pick(product: np.ndarray) -> np.ndarray:
     c, of the times of the c-th picks over a prefix of products, so one sort answers all.
     """
     n = product.size
+    if n >= 2**31 - 1:
+        raise ValueError(f"{n:,} picks; expected fewer than 2**31")
+    views = np.ones(n, dtype=np.int8)
+    if n == 0:
+        return views
+    # int32 per pick where values fit, and every temporary freed as soon as it is used:
+    # at 100x (30M picks) this step is the generate stage's peak
     order = np.argsort(product, kind="stable")
     sorted_prod = product[order]
     group_start = np.flatnonzero(np.r_[True, sorted_prod[1:] != sorted_prod[:-1]])
+    del sorted_prod
     sizes = np.diff(np.r_[group_start, n])
-    count = np.empty(n, dtype=np.int64)
-    count[order] = np.arange(n) - np.repeat(group_start, sizes) + 1
+    count = np.empty(n, dtype=np.int32)
+    count[order] = np.arange(1, n + 1, dtype=np.int32) - np.repeat(
+        group_start.astype(np.int32), sizes
+    )
+    del order, group_start, sizes
     first = count == 1
-    distinct = np.cumsum(first)  # products picked so far, current included
-    time = np.arange(n, dtype=np.int64)
+    distinct = np.cumsum(first, dtype=np.int32)  # products picked so far, current included
+    views += 2 * count < np.maximum.accumulate(count)
+    views += count.astype(np.int64) * distinct < np.arange(1, n + 1)  # below the average
 
-    top = np.maximum.accumulate(count)
-    below_average = count * distinct < time + 1
-
-    entry = np.empty(product.max() + 1 if n else 0, dtype=np.int64)
-    entry[product[first]] = np.arange(distinct[-1] if n else 0)
+    entry = np.empty(int(product.max()) + 1, dtype=np.int32)
+    entry[product[first]] = np.arange(distinct[-1], dtype=np.int32)
+    del first
     e = entry[product]  # rank of this pick's product by first pick
-    by_count = np.lexsort((e, count))  # picks grouped by count, products in entry order
-    k_sorted, e_sorted = count[by_count], e[by_count]
-    start = np.searchsorted(k_sorted, k_sorted)
-    in_prefix = e_sorted == np.arange(n) - start  # products 0..j all reached this count
-    reached = np.maximum.accumulate(k_sorted * n + by_count) - k_sorted * n
-    idx = np.searchsorted(k_sorted, count) + distinct - 1
-    end = np.searchsorted(k_sorted, count, side="right")
-    ok = idx < end
+    by_count = np.lexsort((e, count)).astype(np.int32)  # by count, products in entry order
+    k_sorted = count[by_count]
+    in_prefix = e[by_count] == np.arange(n) - np.searchsorted(k_sorted, k_sorted)
+    del e  # in_prefix: products 0..j all reached this count
+    wide = k_sorted.astype(np.int64) * n
+    reached = np.maximum.accumulate(wide + by_count)
+    reached -= wide
+    del wide, by_count
+    idx = np.searchsorted(k_sorted, count).astype(np.int32)
+    idx += distinct - 1
+    del distinct
+    ok = idx < np.searchsorted(k_sorted, count, side="right")
+    del k_sorted, count
     safe = np.minimum(idx, n - 1)
-    fewest = ok & in_prefix[safe] & (reached[safe] <= time)
-    return 1 + (2 * count < top) + below_average + fewest
+    del idx
+    views += ok & in_prefix[safe] & (reached[safe] <= np.arange(n))
+    return views
 
 
 def simulate(
@@ -527,8 +551,8 @@ def simulate(
     ids, `EVENT_TYPES` and No/Yes; TIMESTAMP is int64 epoch seconds.
     """
     pools = _pools(catalogue, rng_structure)
-    persona = users["PERSONA"].cat.codes.to_numpy().astype(np.int64)
-    ugender = users["GENDER"].cat.codes.to_numpy().astype(np.int64)
+    persona = users["PERSONA"].cat.codes.to_numpy().astype(np.int8)
+    ugender = users["GENDER"].cat.codes.to_numpy().astype(np.int8)
     n_views, funnel = event_counts(n_rows)
 
     n_picks = n_views // 2 + 16
@@ -543,43 +567,58 @@ def simulate(
     views = views[: last + 1]
     views[-1] -= done[last] - n_views
     product, user = product[: last + 1], user[: last + 1]
-    pick = np.repeat(np.arange(last + 1), views)
+    pick = np.repeat(np.arange(last + 1, dtype=np.int32), views)
+    del views, done
 
     # clock: advances on Views only, by integer milliseconds so runs are bit-identical
     mean_ms = ACTIVE_SHARE * days * 86_400_000 / n_views
-    steps = rng.integers(0, int(2 * mean_ms) + 1, n_views)
+    view_ts = np.cumsum(rng.integers(0, int(2 * mean_ms) + 1, n_views))
+    view_ts //= 1000
+    view_ts += start
     # a tiny log has few, wide steps: keep it inside the window all the same
-    view_ts = np.minimum(start + np.cumsum(steps) // 1000, start + days * 86_400 - 3600)
+    np.minimum(view_ts, start + days * 86_400 - 3600, out=view_ts)
 
     price = catalogue["PRICE"].to_numpy()
     cheap = price[product] < price.mean()
     p_yes = np.array([[0.2, 0.2], [0.5, 0.5], [0.2, 0.5]])  # [discount persona, cheap]
-    dpersona = users["DISCOUNT_PERSONA"].cat.codes.to_numpy().astype(np.int64)
+    dpersona = users["DISCOUNT_PERSONA"].cat.codes.to_numpy().astype(np.int8)
     pick_p = p_yes[dpersona[user], cheap.astype(np.int64)]
     view_disc = rng.random(n_views) < pick_p[pick]
+    del pick_p, cheap
 
     # funnel: each type on its own rhythm after the Views of the main run (extra Views that
-    # only round the row count have none), a few seconds after its View, in funnel order
+    # only round the row count have none), a few seconds after its View, in funnel order.
+    # Rows ordered by (View, type): the key View x 8 + type is unique, so a sort orders them.
     after = [a[:k] for a, k in zip(funnel_views(n_views), funnel, strict=True)]
-    src = np.concatenate([np.arange(n_views), *after])
-    etype = np.repeat(np.arange(len(EVENT_TYPES), dtype=np.int8), [n_views, *funnel])
-    order = np.lexsort((etype, src))
-    src, etype = src[order], etype[order]
+    key = np.concatenate(
+        [np.arange(n_views, dtype=np.int64) * 8]
+        + [a.astype(np.int64) * 8 + t for t, a in enumerate(after, start=1)]
+    )
+    del after
+    key.sort()
+    src, etype = (key >> 3).astype(np.int32), (key & 7).astype(np.int8)
+    del key
     lo, hi = FUNNEL_STEP_SECONDS
-    step = np.where(etype > 0, rng.integers(lo, hi + 1, src.size), 0)
-    since_view = np.cumsum(step)
-    since_view -= np.maximum.accumulate(np.where(etype == 0, since_view, 0))
-    ts = view_ts[src] + since_view
+    ts = rng.integers(lo, hi + 1, src.size)
+    ts[etype == 0] = 0
+    np.cumsum(ts, out=ts)  # seconds since the first row ...
+    ts -= np.maximum.accumulate(np.where(etype == 0, ts, 0))  # ... since the row's View
+    ts += view_ts[src]
+    del view_ts
     order = np.argsort(ts, kind="stable")
-    src, etype, ts = src[order], etype[order], ts[order]
+    ts, src, etype = ts[order], src[order], etype[order]
+    del order
+    disc = view_disc[src].astype(np.int8)
+    del view_disc
     row_pick = pick[src]
+    del src, pick
     return pd.DataFrame(
         {
             "ITEM_ID": pd.Categorical.from_codes(product[row_pick], catalogue["ITEM_ID"]),
             "USER_ID": pd.Categorical.from_codes(user[row_pick], users["USER_ID"]),
             "EVENT_TYPE": pd.Categorical.from_codes(etype, EVENT_TYPES),
-            "TIMESTAMP": ts.astype(np.int64),
-            "DISCOUNT": pd.Categorical.from_codes(view_disc[src].astype(np.int8), ["No", "Yes"]),
+            "TIMESTAMP": ts,
+            "DISCOUNT": pd.Categorical.from_codes(disc, ["No", "Yes"]),
         }
     )
 
@@ -592,29 +631,44 @@ def _picks(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`n` picks in time order: (product, user) index arrays."""
-    user = rng.integers(0, persona.size, n)
+    if n >= 2**31 - 1 or persona.size >= 2**31 - 1:
+        raise ValueError(f"{n:,} picks of {persona.size:,} users; expected fewer than 2**31")
+    # int32 per pick where values fit (the draws stay as numpy makes them, so the streams
+    # do not change), temporaries freed as soon as they are used
+    user = rng.integers(0, persona.size, n).astype(np.int32)
     p = persona[user]
-    cum = np.cumsum(pools.weights, axis=1)[p]
+    cum = np.cumsum(pools.weights, axis=1)
     u = rng.random(n)
-    slot = (u >= cum[:, 0]).astype(np.int64) + (u >= cum[:, 1])
-    pool = pools.base[p, slot] + pools.gender_step[p] * gender[user]
-    uniform = (rng.random(n) * pools.length[pool]).astype(np.int64)
+    slot = (u >= cum[p, 0]).astype(np.int8)
+    slot += u >= cum[p, 1]
+    del u
+    pool = pools.base[p, slot].astype(np.int32)
+    pool += pools.gender_step[p] * gender[user]
+    del p
+    uniform = (rng.random(n) * pools.length[pool]).astype(np.int32)
     draw = rng.random(n)
 
     # the first pick of each (user, category) fixes the clique of all later ones; a web
     # persona's slots are distinct categories, so (user, slot) is (user, category)
-    key = user * 3 + slot
-    order = np.argsort(key, kind="stable")
-    ks = key[order]
-    first = np.r_[True, ks[1:] != ks[:-1]]
-    head = order[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
+    key = user.astype(np.int64) * 3 + slot
+    del slot
+    order = np.argsort(key, kind="stable").astype(np.int32)
+    key = key[order]
+    first = np.r_[True, key[1:] != key[:-1]]
+    del key
+    head = order[np.maximum.accumulate(np.where(first, np.arange(n, dtype=np.int32), 0))]
     at = pools.offset[pool[head]] + uniform[head]  # the first pick's clique row
+    del head
     size = pools.clique_size[at]
-    column = (draw[order] * size).astype(np.int64) + (size == CLIQUE_WINDOW)
+    column = (draw[order] * size).astype(np.int32) + (size == CLIQUE_WINDOW)
+    del draw
     member = pools.clique[at, np.minimum(column, CLIQUE_WINDOW)]
-    rel = np.empty(n, dtype=np.int64)
+    del at, column
+    rel = np.empty(n, dtype=np.int32)
     rel[order] = np.where(first | (size == 0), uniform[order], member)
-    return pools.items[pools.offset[pool] + rel], user
+    del order, first, size, member, uniform
+    rel += pools.offset[pool]
+    return pools.items[rel], user
 
 
 # --------------------------------------------------------------------------- outputs

@@ -10,7 +10,7 @@ def main() -> None:
     events = load_events()
     pairs = aggregate(events, params.weights, params.aggregation, params.log_epsilon)
     write_pairs(pairs)
-    print(f"confidence: {len(events):,} events -> {len(pairs):,} (user, item) pairs")
+    print(f"confidence: {events.num_rows:,} events -> {len(pairs):,} (user, item) pairs")
 
 
 if __name__ == "__main__":

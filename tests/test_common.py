@@ -13,7 +13,7 @@ from recsys.cli import run_stage
 from recsys.errors import StageError
 from recsys.families.als import load_factors
 from recsys.ids import read_id_table
-from recsys.io import atomic_dir, load_csr, load_npz, write_npz, write_text
+from recsys.io import atomic_dir, load_csr, load_npz, map_npz, write_npz, write_text
 
 
 @pytest.fixture
@@ -116,3 +116,34 @@ def test_params_with_a_duplicate_section_are_refused(in_tmp: Path) -> None:
     Path("params.yaml").write_text("als:\n  factors: 8\nals:\n  factors: 9\n")
     with pytest.raises(StageError, match=r"params.yaml: line 3: duplicate key"):
         Section.load("als")
+
+
+def test_mapped_npz_reads_the_same_arrays_without_loading_them(tmp_path: Path) -> None:
+    """The service maps the bundle's per-user arrays: same values as `load_npz`, backed by
+    the file (np.memmap, read-only); compressed, truncated and non-npz files are refused."""
+    arrays = {
+        "items": np.arange(60, dtype=np.int32).reshape(20, 3),
+        "scores": np.linspace(0, 1, 60, dtype=np.float32).reshape(20, 3),
+        "user_ids": np.array(["u1", "u10", "u2"]),
+        "flags": np.array([True, False, True]),
+        "empty": np.empty((0, 3), dtype=np.int32),
+        "scalar": np.array("als"),
+    }
+    path = tmp_path / "a.npz"
+    write_npz(path, **arrays)
+    mapped = map_npz(path)
+    assert set(mapped) == set(arrays)
+    for key, value in load_npz(path).items():
+        np.testing.assert_array_equal(mapped[key], value)
+        assert mapped[key].dtype == value.dtype
+    assert isinstance(mapped["items"], np.memmap) and not mapped["items"].flags.writeable
+
+    np.savez_compressed(tmp_path / "z.npz", items=arrays["items"])
+    with pytest.raises(StageError, match="z.npz: not a readable .npz file .*not a stored .npy"):
+        map_npz(tmp_path / "z.npz")
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:400])
+    with pytest.raises(StageError, match="cut.npz: not a readable .npz file"):
+        map_npz(tmp_path / "cut.npz")
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(StageError, match="text.npz: not a readable .npz file"):
+        map_npz(tmp_path / "text.npz")

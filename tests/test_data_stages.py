@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
-from recsys.confidence import ConfidenceParams, aggregate, load_events
+from recsys import confidence
+from recsys.confidence import ConfidenceParams, aggregate, load_events, write_pairs
 from recsys.errors import StageError
 from recsys.matrix import build, load_pairs
 from recsys.split import MaskParams, random_split
@@ -16,11 +18,14 @@ from tests.conftest import parse
 WEIGHTS = {"View": 1.0, "AddToCart": 2.0, "ViewCart": 3.0, "StartCheckout": 4.0, "Purchase": 5.0}
 
 
-def events(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
+def events(rows: list[tuple[str, str, str, int]], chunk_rows: int | None = None) -> pa.Table:
+    """An event table as `load_events` returns it: ids dictionary-encoded, one dictionary
+    per column, in chunks of `chunk_rows` rows."""
     frame = pd.DataFrame(rows, columns=["USER_ID", "ITEM_ID", "EVENT_TYPE", "TIMESTAMP"])
     for col in ["USER_ID", "ITEM_ID", "EVENT_TYPE"]:
         frame[col] = frame[col].astype("category")
-    return frame
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return pa.Table.from_batches(table.to_batches(max_chunksize=chunk_rows))
 
 
 LOG = events(
@@ -35,7 +40,7 @@ LOG = events(
 
 
 def test_sum_aggregation_adds_weights_per_pair() -> None:
-    pairs = aggregate(LOG, WEIGHTS, "sum", 1.0).set_index(["USER_ID", "ITEM_ID"])
+    pairs = aggregate(LOG, WEIGHTS, "sum", 1.0).to_frame().set_index(["USER_ID", "ITEM_ID"])
     assert pairs.loc[("u1", "a"), "CONFIDENCE"] == 1 + 1 + 5
     assert pairs.loc[("u1", "b"), "CONFIDENCE"] == 2
     assert pairs.loc[("u2", "a"), "CONFIDENCE"] == 3
@@ -45,9 +50,52 @@ def test_sum_aggregation_adds_weights_per_pair() -> None:
 
 
 def test_log_aggregation_damps_large_sums() -> None:
-    pairs = aggregate(LOG, WEIGHTS, "log", 2.0).set_index(["USER_ID", "ITEM_ID"])
+    pairs = aggregate(LOG, WEIGHTS, "log", 2.0).to_frame().set_index(["USER_ID", "ITEM_ID"])
     assert pairs.loc[("u1", "a"), "CONFIDENCE"] == pytest.approx(np.log1p(7 / 2), rel=1e-6)
     assert pairs.loc[("u1", "b"), "CONFIDENCE"] == pytest.approx(np.log1p(1.0), rel=1e-6)
+
+
+def test_chunked_aggregation_matches_a_groupby(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks reduced on their own, then together: the same pairs, sums and maxima as one
+    pandas groupby over all events, whatever the chunk size."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    types = list(WEIGHTS)
+    rows = [
+        (f"u{u}", f"i{i}", types[t], int(ts))
+        for u, i, t, ts in zip(
+            rng.integers(0, 300, n), rng.integers(0, 40, n), rng.integers(0, 5, n),
+            rng.integers(0, 10**9, n), strict=True,
+        )
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["USER_ID", "ITEM_ID", "EVENT_TYPE", "TIMESTAMP"])
+    frame["w"] = frame["EVENT_TYPE"].map(WEIGHTS)
+    expected = (
+        frame.groupby(["USER_ID", "ITEM_ID"], sort=True)
+        .agg(CONFIDENCE=("w", "sum"), LAST_TIMESTAMP=("TIMESTAMP", "max"))
+        .reset_index()
+    )
+    whole = aggregate(events(rows), WEIGHTS, "sum", 1.0).to_frame()
+    monkeypatch.setattr(confidence, "CHUNK_ROWS", 257)
+    chunked = aggregate(events(rows, chunk_rows=100), WEIGHTS, "sum", 1.0).to_frame()
+    for got in (whole, chunked):
+        assert got["USER_ID"].tolist() == expected["USER_ID"].tolist()
+        assert got["ITEM_ID"].tolist() == expected["ITEM_ID"].tolist()
+        np.testing.assert_array_equal(got["CONFIDENCE"], expected["CONFIDENCE"].astype(np.float32))
+        np.testing.assert_array_equal(got["LAST_TIMESTAMP"], expected["LAST_TIMESTAMP"])
+
+
+def test_confidence_file_has_the_bytes_pandas_wrote(tmp_path, monkeypatch) -> None:
+    """The stage writes Arrow row groups itself; the file is the one `to_parquet` gave."""
+    rows = [(f"u{k % 97}", f"i{k % 13}", "View", k) for k in range(2000)]
+    pairs = aggregate(events(rows), WEIGHTS, "sum", 1.0)
+    monkeypatch.setattr(confidence, "ROW_GROUP", 64)  # several row groups, as at 10x
+    write_pairs(pairs, tmp_path / "ours.parquet")
+    pairs.to_frame().to_parquet(
+        tmp_path / "pandas.parquet", index=False, engine="pyarrow", compression="zstd",
+        row_group_size=64,
+    )  # fmt: skip
+    assert (tmp_path / "ours.parquet").read_bytes() == (tmp_path / "pandas.parquet").read_bytes()
 
 
 def test_event_type_without_weight_is_named() -> None:
@@ -70,8 +118,8 @@ def test_bad_confidence_params(values: dict, message: str) -> None:
 
 
 def test_matrix_ids_are_sorted_and_stable() -> None:
-    pairs = aggregate(LOG, WEIGHTS, "sum", 1.0)
-    matrix, last_seen, users, items = build(pairs.sample(frac=1.0, random_state=3))
+    pairs = aggregate(LOG, WEIGHTS, "sum", 1.0).to_frame().sample(frac=1.0, random_state=3)
+    matrix, last_seen, users, items = build(pa.Table.from_pandas(pairs, preserve_index=False))
     assert list(users) == ["u1", "u2"] and list(items) == ["a", "b"]
     assert matrix.dtype == np.float32 and sp.isspmatrix_csr(matrix)
     np.testing.assert_array_equal(matrix.toarray(), [[7, 2], [3, 0]])
@@ -121,7 +169,7 @@ def test_ids_that_look_like_missing_values_are_kept(tmp_path) -> None:
         "ITEM_ID,USER_ID,EVENT_TYPE,TIMESTAMP,DISCOUNT\n"
         "null,NA,View,1,No\nNaN,None,Purchase,2,\nnull,NA,View,3,No\n"
     )
-    pairs = aggregate(load_events(str(path)), WEIGHTS, "sum", 1.0)
+    pairs = aggregate(load_events(str(path)), WEIGHTS, "sum", 1.0).to_frame()
     assert sorted(zip(pairs["USER_ID"], pairs["ITEM_ID"], strict=True)) == [
         ("NA", "null"),
         ("None", "NaN"),

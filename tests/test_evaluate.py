@@ -306,3 +306,29 @@ def test_factors_that_do_not_fit_the_matrix_are_a_one_line_error(tmp_path: Path,
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "models/als.npz" in lines[0] and "re-run dvc repro" in lines[0]
+
+
+def test_a_user_sample_is_seeded_and_scored_with_full_rankings(fitted) -> None:
+    """`evaluate.max_users`: a seeded subset of the held-out users, reported in metrics.json;
+    each sampled user's AP is the one the full evaluation gives that user."""
+    from recsys.evaluation import EvaluateParams, evaluate_model, evaluated_users
+    from recsys.fallback import build_fallback
+
+    train, test, users, items = fitted
+    model = AlsModel.from_factors(users, items, threads=1)
+    everyone = evaluated_users(test)
+    sample = evaluated_users(test, 50, seed=3)
+    assert sample.size == 50 and np.all(np.diff(sample) > 0) and np.isin(sample, everyone).all()
+    np.testing.assert_array_equal(sample, evaluated_users(test, 50, seed=3))
+    assert not np.array_equal(sample, evaluated_users(test, 50, seed=4))
+    np.testing.assert_array_equal(evaluated_users(test, everyone.size, seed=3), everyone)
+
+    fallback = build_fallback(train, None, 10)
+    full = evaluate_model(model, train, test, EvaluateParams(k=10), fallback)
+    part = evaluate_model(model, train, test, EvaluateParams(k=10, max_users=50, sample_seed=3),
+                          fallback)  # fmt: skip
+    assert "sample" not in full[0]
+    assert part[0]["sample"] == {"users": 50, "of_users": everyone.size, "seed": 3}
+    assert part[0]["users"] == 50
+    ap = dict(zip(full[2]["user"].tolist(), full[2]["ap"].tolist(), strict=True))
+    np.testing.assert_allclose(part[2]["ap"], [ap[u] for u in part[2]["user"].tolist()])

@@ -104,7 +104,7 @@ def test_matrix_memory_does_not_grow_with_the_longest_id() -> None:
     )
     tracemalloc.start()
     try:
-        matrix, _, user_ids, item_ids = build(pairs)
+        matrix, _, user_ids, item_ids = build(pa.Table.from_pandas(pairs, preserve_index=False))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -365,7 +365,7 @@ def test_numeric_looking_ids_stay_text(tmp_path: Path) -> None:
     """pandas' pyarrow engine read ids as integers, so users "007" and "7" became one."""
     log = tmp_path / "interactions.csv"
     log.write_text("USER_ID,ITEM_ID,EVENT_TYPE,TIMESTAMP\n007,01,View,1\n7,1,View,2\n7,1,View,3\n")
-    pairs = aggregate(load_events(log), {"View": 1.0}, "sum", 1.0)
+    pairs = aggregate(load_events(log), {"View": 1.0}, "sum", 1.0).to_frame()
     assert pairs["USER_ID"].tolist() == ["007", "7"]
     assert pairs["ITEM_ID"].tolist() == ["01", "1"]
     assert pairs["CONFIDENCE"].tolist() == [1.0, 2.0]

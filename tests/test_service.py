@@ -270,8 +270,11 @@ def test_hot_swap_under_concurrent_load(bundles: dict[str, Path], tmp_path: Path
             srv.hup()
             srv.wait_health(200, md5=b.md5)
             time.sleep(0.5)
-            # corrupt: a file truncated after export -> refused, b keeps serving
-            (live / "recommendations.npz").write_bytes(b"PK\x03\x04 truncated")
+            # corrupt: a truncated file arrives (replaced, as dvc checkout/pull replace files;
+            # a file a server maps is never rewritten in place) -> refused, b keeps serving
+            broken = live / ".recommendations.npz.tmp"
+            broken.write_bytes(b"PK\x03\x04 truncated")
+            os.replace(broken, live / "recommendations.npz")
             refused = srv.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
             assert refused.status == 409 and "recommendations.npz: corrupt" in refused.body["error"]
             assert refused.body["serving"]["md5"] == b.md5
