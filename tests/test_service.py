@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 import threading
 import time
 from collections import Counter
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from recsys.bundle import load_bundle
+from tests.conftest import ROOT
 from tests.served import N_USERS, Client, serve, write_bundle
 
 TOKEN = "s3cret-token"
@@ -298,3 +301,31 @@ def test_hot_swap_under_concurrent_load(bundles: dict[str, Path], tmp_path: Path
     assert not failures, failures[:5]
     assert seen["a"] > 50 and seen["b"] > 50, seen
     assert log.count("refused") >= 3 and "Traceback" not in log, log
+
+
+def test_load_benchmark_client_reads_every_answer(server, bundles: dict[str, Path]) -> None:
+    """scripts/bench_service.py's own HTTP client against the real server: each scheduled
+    request is answered once, an error answer (400) is counted by its status without
+    upsetting the next answer on the same connection, and swaps during the run fail none."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_service", ROOT / "scripts" / "bench_service.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    host = f"127.0.0.1:{server.port}"
+    pool = bench.Workload(bundles["a"], (0.6, 0.2, 0.2)).pool(host, size=64)
+    assert {r.kind for r in pool} == {"known", "unknown", "session"}
+    target = bench.Target("127.0.0.1", server.port, TOKEN, server.proc.pid)
+
+    bad = "/recommendations/u1?n=0"
+    mixed = [bench.Request("bad", "GET", bad, None, bench.http_request("GET", bad, host))]
+    result = bench.run(bench.run_load(target, mixed + pool[:3], 200, 0.2, 2))
+    assert result.error_kinds == {"400": 10} and len(result.latencies_ms) == 30
+
+    result = bench.run(bench.run_load(target, pool, 100, 1.5, 4, swap_every=0.5))
+    assert result.errors == 0, result.error_kinds
+    assert len(result.latencies_ms) == 150 and result.swaps == 2  # admin reload, then SIGHUP
+    assert result.generator_cpu_s > 0
+    server.wait_health(200)
