@@ -15,6 +15,7 @@ similar to one item (`similar_items`).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -219,16 +220,29 @@ class Bundle:
             )
 
     def user_rows(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row of each id, whether the bundle has it); rows of unknown ids are arbitrary."""
+        """(row of each id, whether the bundle has it); rows of unknown ids are arbitrary.
+        For batches: the search makes one aligned copy of the ids per call."""
         ids = self.user_ids if self._order is None else self.user_ids[self._order]
-        pos = np.minimum(np.searchsorted(ids, user_ids), ids.size - 1)
-        found = ids[pos] == user_ids
+        query = np.asarray(user_ids, dtype=str)
+        # the query in the ids' own dtype: a wider one would make numpy copy every id per
+        # search; an id longer than that width cannot be in the bundle
+        fits = np.char.str_len(query) <= ids.dtype.itemsize // 4
+        query = query.astype(ids.dtype)
+        pos = np.minimum(np.searchsorted(ids, query), ids.size - 1)
+        found = fits & (ids[pos] == query)
         return (pos if self._order is None else self._order[pos]), found
 
     def user_row(self, user_id: str) -> int | None:
-        """Row of `user_id` in the bundle, None if it is not there."""
-        rows, found = self.user_rows(np.array([user_id]))
-        return int(rows[0]) if found[0] else None
+        """Row of `user_id` in the bundle, None if it is not there.
+
+        `bisect` over the mapped ids touches about 24 of 10M ids; numpy's searchsorted
+        would first copy the whole array, whose members are not 4-byte aligned in the zip.
+        """
+        if self._order is not None:
+            rows, found = self.user_rows(np.array([user_id]))
+            return int(rows[0]) if found[0] else None
+        pos = bisect.bisect_left(self.user_ids, user_id)
+        return pos if pos < self.user_ids.size and self.user_ids[pos] == user_id else None
 
     def recommend(self, user_id: str, n: int = 10) -> Recommendations:
         """Top-`n` item ids for `user_id`; the fallback (labelled) if it has no history."""

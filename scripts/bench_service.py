@@ -534,6 +534,8 @@ def main() -> None:
 
     token = secrets.token_hex(16)
     host, port = "127.0.0.1", free_port()
+    # printed relative to the repository when inside it: figures get pasted into the README
+    shown = bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle
     workload = Workload(bundle, mix)  # type: ignore[arg-type]
     pool = workload.pool(f"{host}:{port}")
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
@@ -541,7 +543,7 @@ def main() -> None:
         server = start_server(bundle, port, token, log)
         target = Target(host, port, token, server.pid)
         print(
-            f"bundle {bundle} ({len(workload.users):,} users, {len(workload.items):,} items), "
+            f"bundle {shown} ({len(workload.users):,} users, {len(workload.items):,} items), "
             f"server pid {server.pid} on {target.base}, {args.connections} connections, "
             f"mix known/unknown/session {args.mix}, {len(pool)} prebuilt requests, "
             f"{args.seconds:g} s per run",
