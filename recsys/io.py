@@ -220,12 +220,29 @@ def write_npz(path: Path | str, **arrays: np.ndarray) -> str:
                 arr = np.asanyarray(value)
                 if arr.dtype.hasobject:
                     raise TypeError(f"{name}: object arrays need pickle; convert first")
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, arr, allow_pickle=False)
+                header, data = _npy_parts(arr)
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
                 info.external_attr = 0o644 << 16
-                zf.writestr(info, buf.getvalue())
+                info.file_size = len(header) + data.nbytes  # as `writestr` sets it
+                with zf.open(info, "w") as member:  # streamed: no in-memory copy
+                    member.write(header)
+                    member.write(data)
         return md5sum(tmp)
+
+
+def _npy_parts(arr: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The `.npy` header `np.save` writes for `arr`, and its data as raw bytes in the
+    header's order (C, or Fortran for a Fortran-ordered array), as a 1-D uint8 view."""
+    fmt = np.lib.format
+    header = io.BytesIO()
+    description = fmt.header_data_from_array_1_0(arr)
+    try:
+        fmt.write_array_header_1_0(header, description)
+    except ValueError:  # a header over 64 KiB needs format 2.0, as np.save decides
+        header = io.BytesIO()
+        fmt.write_array_header_2_0(header, description)
+    ordered = arr.T if description["fortran_order"] else arr
+    return header.getvalue(), np.ascontiguousarray(ordered).reshape(-1).view(np.uint8)
 
 
 def md5sum(path: Path | str) -> str:
@@ -294,10 +311,13 @@ def map_npz(path: Path | str) -> dict[str, np.ndarray]:
                 if 0 in shape or not shape:  # nothing to map (or a scalar): read it
                     out[key] = np.lib.format.read_array(zf.open(info), allow_pickle=False)
                 else:
-                    out[key] = np.memmap(
+                    mapped = np.memmap(
                         path, dtype=dtype, mode="r", offset=offset, shape=shape,
                         order="F" if fortran else "C",
                     )  # fmt: skip
+                    # a plain ndarray over the mapping: np.memmap's subclass hooks cost
+                    # microseconds on every slice of a request
+                    out[key] = mapped.view(np.ndarray)
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run the upstream stage first (dvc repro)") from None
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:

@@ -19,6 +19,14 @@ import numpy as np
 import scipy.sparse as sp
 
 METRICS = ("map_at_k", "precision_at_k", "recall_at_k", "ndcg_at_k", "hit_rate_at_k")
+# Users per block: the users x K temporaries (about 1.5 KB a user) stay near 200 MB however
+# many users are scored. One block at the default scale (39k users), so its figures are
+# those of a single pass.
+BLOCK_USERS = 1 << 17
+
+
+def _blocks(n_users: int) -> list[slice]:
+    return [slice(s, min(s + BLOCK_USERS, n_users)) for s in range(0, n_users, BLOCK_USERS)]
 
 
 def _row_keys(matrix: sp.csr_matrix, width: int) -> np.ndarray:
@@ -96,28 +104,54 @@ def metrics_at_k(hits: np.ndarray, n_relevant: np.ndarray) -> dict[str, np.ndarr
 
     `n_relevant` is each user's number of held-out items; users must have at least one.
     """
-    per_user = _per_user_at_k(*_checked(hits, n_relevant))
-    return {name: values.mean(axis=0) for name, values in per_user.items()}
+    hits, n_rel = _checked(hits, n_relevant)
+    if hits.shape[0] <= BLOCK_USERS:
+        return {name: v.mean(axis=0) for name, v in _per_user_at_k(hits, n_rel).items()}
+    totals: dict[str, np.ndarray] = {}
+    for block in _blocks(hits.shape[0]):
+        for name, values in _per_user_at_k(hits[block], n_rel[block]).items():
+            totals[name] = totals.get(name, 0) + values.sum(axis=0)
+    return {name: total / hits.shape[0] for name, total in totals.items()}
 
 
 def per_user_metrics(recs: np.ndarray, test_rows: sp.csr_matrix) -> dict[str, np.ndarray]:
     """AP@K and NDCG@K of each user (float64, one per row), whose means are `map_at_k` and
     `ndcg_at_k`: what the bootstrap resamples and what two runs are compared on."""
-    hits, n_rel = _checked(hits_matrix(recs, test_rows), np.diff(test_rows.indptr))
-    per_user = _per_user_at_k(hits, n_rel)
-    return {"ap": per_user["map_at_k"][:, -1], "ndcg": per_user["ndcg_at_k"][:, -1]}
+    parts = []
+    for block in _blocks(recs.shape[0]):
+        rows = test_rows[block]
+        hits, n_rel = _checked(hits_matrix(recs[block], rows), np.diff(rows.indptr))
+        per_user = _per_user_at_k(hits, n_rel)
+        parts.append((per_user["map_at_k"][:, -1], per_user["ndcg_at_k"][:, -1]))
+    if not parts:
+        raise ValueError("no users to evaluate")
+    return {
+        "ap": np.concatenate([p[0] for p in parts]),
+        "ndcg": np.concatenate([p[1] for p in parts]),
+    }
 
 
 def coverage(recs: np.ndarray, n_items: int) -> float:
     """Share of the catalogue that appears in at least one user's recommendations."""
     recs = np.asarray(recs)
-    return float(np.unique(recs[recs >= 0]).size / n_items) if n_items else 0.0
+    if not n_items:
+        return 0.0
+    seen = np.zeros(n_items, dtype=bool)
+    for block in _blocks(recs.shape[0]):
+        part = recs[block]
+        seen[part[(part >= 0) & (part < n_items)]] = True
+    return float(seen.sum() / n_items)
 
 
 def evaluate_recs(recs: np.ndarray, test_rows: sp.csr_matrix) -> dict[str, np.ndarray | float]:
     """All metrics for every k plus coverage, from recommendations and held-out rows."""
+    recs = np.asarray(recs)
     n_rel = np.diff(test_rows.indptr)
-    result: dict[str, np.ndarray | float] = dict(metrics_at_k(hits_matrix(recs, test_rows), n_rel))
+    if recs.shape[0] <= BLOCK_USERS:
+        hits = hits_matrix(recs, test_rows)
+    else:  # the hit test's int64 temporaries block by block; the hits are one bit each
+        hits = np.concatenate([hits_matrix(recs[b], test_rows[b]) for b in _blocks(recs.shape[0])])
+    result: dict[str, np.ndarray | float] = dict(metrics_at_k(hits, n_rel))
     result["coverage"] = coverage(recs, test_rows.shape[1])
     return result
 
@@ -132,14 +166,17 @@ def category_share(
     and empty (-1) slots are left out of the share.
     """
     recs = np.asarray(recs)
-    known = user_groups >= 0
-    recs = recs[known]
-    groups = np.broadcast_to(user_groups[known][:, None], recs.shape)
-    slot = recs >= 0
-    cats = item_categories[recs[slot]]
-    grp = groups[slot]
-    total = cats.size
+    hits = total = 0
+    for block in _blocks(recs.shape[0]):  # integer counts: blocks change nothing
+        known = user_groups[block] >= 0
+        part = recs[block][known]
+        groups = np.broadcast_to(user_groups[block][known][:, None], part.shape)
+        slot = part >= 0
+        cats = item_categories[part[slot]]
+        grp = groups[slot]
+        total += cats.size
+        ok = cats >= 0
+        hits += int(allowed[grp[ok], cats[ok]].sum())
     if total == 0:
         return float("nan")
-    ok = cats >= 0
-    return float(allowed[grp[ok], cats[ok]].sum() / total)
+    return float(hits / total)

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.cli import progress
-from recsys.metrics import hits_matrix
+from recsys.metrics import BLOCK_USERS, hits_matrix
 
 RECOMMEND_BATCH = 20_000
 
@@ -44,11 +44,23 @@ def top_k_excluding(ranking: np.ndarray, train_rows: sp.csr_matrix, k: int) -> n
         train_rows = train_rows.copy()
         train_rows.sum_duplicates()
     n_users, n_items = train_rows.shape
-    size = ranking.size
     if k < 1:
         raise ValueError("k must be >= 1")
     position = np.full(n_items, -1, dtype=np.int64)
-    position[ranking] = np.arange(size)
+    position[ranking] = np.arange(ranking.size)
+    out = np.empty((n_users, k), dtype=np.int32)
+    # blocks of users: the int64 temporaries (about 1 KB a user) stay bounded at 10M users
+    for start in range(0, n_users, BLOCK_USERS):
+        stop = min(start + BLOCK_USERS, n_users)
+        out[start:stop] = _top_k_block(ranking, position, train_rows[start:stop], k)
+    return out
+
+
+def _top_k_block(
+    ranking: np.ndarray, position: np.ndarray, train_rows: sp.csr_matrix, k: int
+) -> np.ndarray:
+    n_users = train_rows.shape[0]
+    size = ranking.size
 
     rows = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(train_rows.indptr))
     masked = position[train_rows.indices]

@@ -498,7 +498,11 @@ def views_per_pick(product: np.ndarray) -> np.ndarray:
         return views
     # int32 per pick where values fit, and every temporary freed as soon as it is used:
     # at 100x (30M picks) this step is the generate stage's peak
-    order = np.argsort(product, kind="stable")
+    # product ids fit 16 bits (2,465 products): numpy's stable sort is then a linear radix
+    # sort, not an n log n one
+    small = product.astype(np.int16) if product.max() < 2**15 else product
+    order = np.argsort(small, kind="stable")
+    del small
     sorted_prod = product[order]
     group_start = np.flatnonzero(np.r_[True, sorted_prod[1:] != sorted_prod[:-1]])
     del sorted_prod
@@ -519,16 +523,20 @@ def views_per_pick(product: np.ndarray) -> np.ndarray:
     e = entry[product]  # rank of this pick's product by first pick
     by_count = np.lexsort((e, count)).astype(np.int32)  # by count, products in entry order
     k_sorted = count[by_count]
-    in_prefix = e[by_count] == np.arange(n) - np.searchsorted(k_sorted, k_sorted)
+    # first position of each count in k_sorted: a histogram, linear where a searchsorted
+    # per pick would be n log n of cache misses
+    first_at = np.zeros(int(k_sorted[-1]) + 2, dtype=np.int64)
+    np.cumsum(np.bincount(k_sorted), out=first_at[1:])
+    in_prefix = e[by_count] == np.arange(n) - first_at[k_sorted]
     del e  # in_prefix: products 0..j all reached this count
     wide = k_sorted.astype(np.int64) * n
     reached = np.maximum.accumulate(wide + by_count)
     reached -= wide
     del wide, by_count
-    idx = np.searchsorted(k_sorted, count).astype(np.int32)
+    idx = first_at[count].astype(np.int32)
     idx += distinct - 1
     del distinct
-    ok = idx < np.searchsorted(k_sorted, count, side="right")
+    ok = idx < first_at[count + 1]
     del k_sorted, count
     safe = np.minimum(idx, n - 1)
     del idx
@@ -595,7 +603,7 @@ def simulate(
         + [a.astype(np.int64) * 8 + t for t, a in enumerate(after, start=1)]
     )
     del after
-    key.sort()
+    key.sort(kind="stable")  # five sorted runs: a merge, linear (the keys are unique)
     src, etype = (key >> 3).astype(np.int32), (key & 7).astype(np.int8)
     del key
     lo, hi = FUNNEL_STEP_SECONDS

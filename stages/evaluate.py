@@ -5,7 +5,7 @@ from recsys.cli import run_stage
 from recsys.evaluation import EvaluateParams, check_split, evaluate_model
 from recsys.fallback import build_fallback, load_item_categories
 from recsys.families import load_model, load_model_params, model_file
-from recsys.ids import aligned, load_ids, read_id_table
+from recsys.ids import aligned_columns, load_ids
 from recsys.io import load_csr, md5sum, write_json, write_npz, write_text
 from recsys.params import load
 from recsys.paths import (
@@ -31,9 +31,7 @@ def main() -> None:
     user_ids, item_ids = load_ids(USER_IDS, "USER_ID"), load_ids(ITEM_IDS, "ITEM_ID")
     check_split(train, test, user_ids, item_ids, params.k)
     categories = load_item_categories(ITEMS, item_ids)
-    users = read_id_table(USERS, "USER_ID", ["PERSONA", "SEGMENT"])
-    columns = {c: aligned(users, "USER_ID", c, user_ids) for c in ("PERSONA", "SEGMENT")
-               if c in users}  # fmt: skip
+    columns = aligned_columns(USERS, "USER_ID", ["PERSONA", "SEGMENT"], user_ids)
     model = load_model(model_file(kind), kind, train.shape, threads)
 
     metrics, per_k, per_user, seconds = evaluate_model(

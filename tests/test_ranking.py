@@ -184,3 +184,43 @@ def test_category_share_counts_only_known_personas_and_filled_slots() -> None:
     # user 0 (group 0 allows cat 0): items 0,1,2 -> cats 0,1,1 -> 1 of 3
     # user 1 (group 1 allows cats 1,2): items 2,3 -> cats 1,2 -> 2 of 2 (empty slot left out)
     assert category_share(recs, user_groups, item_categories, allowed) == pytest.approx(3 / 5)
+
+
+def test_blocks_of_users_give_the_single_pass_figures(monkeypatch) -> None:
+    """Metrics, per-user values, coverage, persona share and the most-popular lists are
+    computed in blocks of users at large scale: the same figures as one pass (exactly for
+    counts and lists, to float rounding for means)."""
+    from recsys import metrics, ranking
+    from recsys.metrics import per_user_metrics
+
+    rng = np.random.default_rng(11)
+    n_users, n_items, k = 1000, 80, 10
+    full = sp.random(n_users, n_items, density=0.08, format="csr", random_state=3, dtype=np.float32)
+    held = sp.random(n_users, n_items, density=0.03, format="csr", random_state=4, dtype=np.float32)
+    test = ((held - held.multiply(full > 0)) > 0).astype(np.float32).tocsr()
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    train_rows, test_rows = full[users], test[users]
+    groups = rng.integers(-1, 4, users.size)
+    item_cat = rng.integers(-1, 5, n_items)
+    allowed = rng.random((4, 5)) < 0.5
+
+    def figures() -> tuple:
+        recs = top_k_excluding(popularity_ranking(full), train_rows, k)
+        return (
+            recs,
+            evaluate_recs(recs, test_rows),
+            per_user_metrics(recs, test_rows),
+            category_share(recs, groups, item_cat, allowed),
+        )
+
+    one = figures()
+    monkeypatch.setattr(metrics, "BLOCK_USERS", 37)
+    monkeypatch.setattr(ranking, "BLOCK_USERS", 37)
+    blocked = figures()
+    np.testing.assert_array_equal(blocked[0], one[0])
+    for name in metrics.METRICS:
+        np.testing.assert_allclose(blocked[1][name], one[1][name], rtol=1e-12)
+    assert blocked[1]["coverage"] == one[1]["coverage"]
+    for name in ("ap", "ndcg"):
+        np.testing.assert_array_equal(blocked[2][name], one[2][name])
+    assert blocked[3] == one[3]
