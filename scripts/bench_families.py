@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark import measure_stage, scratch_repo  # noqa: E402
+from benchmark import measure_stage, scratch_parent, scratch_repo  # noqa: E402
 
 from recsys.families import FAMILIES  # noqa: E402
 
@@ -56,14 +54,13 @@ def main() -> None:
     if min(args.scale) <= 0:
         parser.error(f"--scale must be positive, got {min(args.scale)}")
     families = ["als", *[f for f in args.families if f != "als"]]
-    parent = Path(tempfile.mkdtemp(prefix="recsys-bench-families-"))
-    try:
+    with scratch_parent("recsys-bench-families-", args.keep) as parent:
         for scale in args.scale:
             repo = scratch_repo(scale, parent)
             gen = yaml.safe_load((repo / "params.yaml").read_text())["generate"]
             print(f"\n== scale {scale:g}x: {gen['users']:,} users, {gen['interactions']:,} events")
             for stage in DATA_STAGES:
-                error = measure_stage(stage, repo)[3]
+                error = measure_stage(stage, repo).error
                 if error:
                     raise SystemExit(f"stage {stage} failed: {error.splitlines()[-1]}")
             head = (
@@ -75,29 +72,26 @@ def main() -> None:
             for family in families:
                 set_family(repo, family)
                 results = {stage: measure_stage(stage, repo) for stage in MODEL_STAGES[:1]}
-                wall, rss, out, error = results["train"]
+                train = results["train"]
+                wall, rss, out, error = train.wall, train.rss, train.stdout, train.error
                 if error:
                     print(f"{family:<9}refused or failed: {error.splitlines()[-1]}")
                     continue
                 for stage in MODEL_STAGES[1:]:
                     results[stage] = measure_stage(stage, repo)
-                    if results[stage][3]:
-                        raise SystemExit(f"{family}: {stage} failed: {results[stage][3]}")
+                    if results[stage].error:
+                        raise SystemExit(f"{family}: {stage} failed: {results[stage].error}")
                 model_mib = (repo / "models" / f"{family}.npz").stat().st_size / 2**20
-                ev_wall, ev_rss, ev_out, _ = results["evaluate"]
+                evaluate = results["evaluate"]
+                ev_wall, ev_rss, ev_out = evaluate.wall, evaluate.rss, evaluate.stdout
                 fit = seconds(r"fit (\d+\.\d+)s", out)
                 scoring = seconds(r"scoring (\d+\.\d+)s", ev_out)
                 map_k = seconds(r"MAP@\d+ (\d+\.\d+)", ev_out)
                 print(
                     f"{family:<9}{fit:>8.2f}{wall:>9.2f}{rss:>11.0f}{model_mib:>11.1f}"
                     f"{scoring:>11.2f}{ev_wall:>12.2f}{ev_rss:>10.0f}"
-                    f"{results['export'][0]:>10.2f}{map_k:>9.4f}"
+                    f"{results['export'].wall:>10.2f}{map_k:>9.4f}"
                 )
-    finally:
-        if args.keep:
-            print(f"scratch copies kept in {parent}")
-        else:
-            shutil.rmtree(parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Benchmark the pipeline: wall time and peak memory per stage, plus in-run baselines.
+"""Benchmark the pipeline: wall time, CPU time and peak memory per stage, plus baselines.
 
 Not a test: it prints figures. Each stage runs as its own process (`python -m stages.X`, as DVC
 runs it) in a scratch copy of the repository, so peak RSS is per stage. Baselines are measured
@@ -7,11 +7,21 @@ evaluate.
 
     python scripts/benchmark.py                 # default scale (100k users, 800k events)
     python scripts/benchmark.py --scale 1 10    # also 10x (1M users, 8M events)
+
+The cost curve (README "Scale"): every scale's stage table, then each stage's growth from one
+scale to the next against the growth of what drives it (events; users for evaluate and
+export), and a log-log PNG of time and memory per stage:
+
+    python scripts/benchmark.py --scale 1 10 100 --set als.factors=64 --stages-only \
+        --plot docs/scale.png
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import math
 import os
 import re
 import shutil
@@ -19,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -26,13 +38,38 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["generate", "confidence", "matrix", "mask", "train", "evaluate", "export"]
 DATA_STAGES = STAGES[:4]
+# what each stage's cost follows: users for evaluate and export, else events
+DRIVERS = {"evaluate": "users", "export": "users"}
+GROWTH_SLACK = 1.2  # "linear within 20%": a stage may grow at most 1.2x its driver
 
 
-def measure_stage(
-    stage: str, cwd: Path, env: dict[str, str] | None = None
-) -> tuple[float, float, str, str | None]:
-    """Run one stage; (wall seconds, peak RSS in MiB, stdout, last error line or None) of
-    that process alone."""
+@contextlib.contextmanager
+def scratch_parent(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary folder for scratch copies, removed at the end unless `keep`."""
+    parent = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield parent
+    finally:
+        if keep:
+            print(f"scratch copies kept in {parent}")
+        else:
+            shutil.rmtree(parent, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One stage process: wall and CPU (user + system) seconds, peak RSS in MiB, its stdout
+    and, if it failed, its error output."""
+
+    wall: float
+    cpu: float
+    rss: float
+    stdout: str
+    error: str | None
+
+
+def measure_stage(stage: str, cwd: Path, env: dict[str, str] | None = None) -> StageRun:
+    """Run one stage and measure that process alone."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -49,15 +86,16 @@ def measure_stage(
         error = None
         if os.waitstatus_to_exitcode(status) != 0:
             error = err.read().decode().strip() or "no output"
-        return wall, usage.ru_maxrss / 1024, out.read().decode(), error
+        cpu = usage.ru_utime + usage.ru_stime
+        return StageRun(wall, cpu, usage.ru_maxrss / 1024, out.read().decode(), error)
 
 
-def run_stage(stage: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Run one stage; return (wall seconds, peak RSS in MiB, stdout); stop if it fails."""
-    wall, rss, stdout, error = measure_stage(stage, cwd, env)
-    if error is not None:
-        raise SystemExit(f"stage {stage} failed:\n{error}")
-    return wall, rss, stdout
+def run_stage(stage: str, cwd: Path, env: dict[str, str] | None = None) -> StageRun:
+    """Run one stage; stop if it fails."""
+    run = measure_stage(stage, cwd, env)
+    if run.error is not None:
+        raise SystemExit(f"stage {stage} failed:\n{run.error}")
+    return run
 
 
 def fit_seconds(train_stdout: str) -> float:
@@ -68,9 +106,9 @@ def fit_seconds(train_stdout: str) -> float:
     return float(found.group(1))
 
 
-def scratch_repo(scale: float, parent: Path) -> Path:
+def scratch_repo(scale: float, parent: Path, overrides: dict[str, object] | None = None) -> Path:
     """A copy of the code and params.yaml with the shop scaled by `scale` (0.02 = a quick
-    check, 10 = 1M users)."""
+    check, 10 = 1M users) and `overrides` ({"als.factors": 64}) applied."""
     repo = parent / f"scale{scale:g}"
     for package in ("stages", "recsys"):
         shutil.copytree(
@@ -81,6 +119,11 @@ def scratch_repo(scale: float, parent: Path) -> Path:
     params["generate"]["interactions"] = max(
         1000, round(params["generate"]["interactions"] * scale)
     )
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        if section not in params or not isinstance(params[section], dict) or not name:
+            raise SystemExit(f"error: --set {key}: no such section in params.yaml")
+        params[section][name] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo
 
@@ -155,7 +198,7 @@ def blas_cost(repo: Path, kernels: list[str], repeat: int) -> None:
     for _ in range(repeat):  # interleaved, so background load hits every kernel alike
         for kernel in kernels:
             for stage in ("train", "evaluate", "export"):
-                wall = run_stage(stage, repo, {"RECSYS_BLAS_KERNEL": kernel})[0]
+                wall = run_stage(stage, repo, {"RECSYS_BLAS_KERNEL": kernel}).wall
                 times = best.setdefault(kernel, {})
                 times[stage] = min(times.get(stage, float("inf")), wall)
     base = best[kernels[0]]
@@ -166,12 +209,168 @@ def blas_cost(repo: Path, kernels: list[str], repeat: int) -> None:
         print(f"{kernel:<12}" + "".join(f"{c:>20}" for c in cells))
 
 
+def driver_counts(repo: Path) -> dict[str, int]:
+    """What each stage's cost follows, read from the scratch copy's outputs: events,
+    (user, item) pairs, users, and the users evaluate scored (all with held-out pairs, or
+    its `evaluate.max_users` sample)."""
+    import pyarrow.parquet as pq
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())["generate"]
+    counts = {"events": int(params["interactions"]), "users": int(params["users"])}
+    confidence = repo / "data" / "confidence.parquet"
+    if confidence.is_file():
+        counts["pairs"] = pq.ParquetFile(confidence).metadata.num_rows
+    metrics = repo / "metrics" / "metrics.json"
+    if metrics.is_file():
+        counts["evaluated users"] = int(json.loads(metrics.read_text())["users"])
+    return counts
+
+
+def rows_of(stage: str, counts: dict[str, int]) -> int | None:
+    """Rows a data stage produces or consumes: events for generate and confidence, pairs for
+    matrix and mask."""
+    if stage in ("generate", "confidence"):
+        return counts["events"]
+    if stage in ("matrix", "mask"):
+        return counts.get("pairs")
+    return None
+
+
+def print_growth(results: dict[float, dict[str, StageRun]], counts: dict[float, dict]) -> None:
+    """Each stage's step from one scale to the next: wall and memory ratios, the driver's
+    ratio (`DRIVERS`, else events) and the exponent log(wall ratio) / log(driver ratio):
+    1.0 is linear."""
+    scales = sorted(results)
+    for low, high in zip(scales, scales[1:], strict=False):
+        print(f"\n== growth {low:g}x -> {high:g}x (exponent 1.0 = linear in the driver)")
+        print(
+            f"{'stage':<12}{'driver':>16}{'x driver':>10}{'x wall':>9}{'x CPU':>9}{'x MiB':>8}"
+            f"{'exponent':>10}  verdict"
+        )
+        for stage in STAGES:
+            if stage not in results[low] or stage not in results[high]:
+                continue
+            a, b = results[low][stage], results[high][stage]
+            driver = DRIVERS.get(stage, "events")
+            grow = counts[high][driver] / counts[low][driver]
+            wall, cpu, mem = b.wall / a.wall, b.cpu / a.cpu, b.rss / a.rss
+            exponent = math.log(wall) / math.log(grow) if grow > 1 else float("nan")
+            ok = wall <= GROWTH_SLACK * grow and mem <= GROWTH_SLACK * grow
+            print(
+                f"{stage:<12}{driver:>16}{grow:>10.2f}{wall:>9.2f}{cpu:>9.2f}{mem:>8.2f}"
+                f"{exponent:>10.2f}  {'linear or better' if ok else 'FASTER THAN LINEAR'}"
+            )
+        scored = [counts[s].get("evaluated users", 0) for s in (low, high)]
+        users_grow = counts[high]["users"] / counts[low]["users"]
+        if scored[0] and scored[1] and scored[1] / scored[0] < 0.8 * users_grow:
+            print(
+                f"(evaluate scored {scored[0]:,} then {scored[1]:,} users: a seeded sample, "
+                "evaluate.max_users, at the larger scale)"
+            )
+
+
+def plot(results: dict[float, dict[str, StageRun]], path: Path) -> None:
+    """Time and peak memory per stage against scale, log-log, as a PNG (Vega-Lite, rendered
+    by vl-convert, the renderer DVC's plots use)."""
+    import vl_convert
+
+    values = [
+        {"scale": scale, "stage": stage, "measure": measure, "value": value}
+        for scale, runs in results.items()
+        for stage, run in runs.items()
+        for measure, value in (("wall time (s)", run.wall), ("peak memory (MiB)", run.rss))
+    ]
+    log = {"type": "log"}
+    spec = {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "data": {"values": values},
+        "facet": {"column": {"field": "measure", "type": "nominal", "title": None}},
+        "resolve": {"scale": {"y": "independent"}},
+        "spec": {
+            "width": 320,
+            "height": 260,
+            "mark": {"type": "line", "point": True},
+            "encoding": {
+                "x": {"field": "scale", "type": "quantitative", "scale": log,
+                      "title": "scale (x the article's shop)"},
+                "y": {"field": "value", "type": "quantitative", "scale": log, "title": None},
+                "color": {"field": "stage", "type": "nominal", "sort": STAGES},
+            },
+        },
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(vl_convert.vegalite_to_png(spec, scale=2))
+    print(f"\ncost curve written to {path}")
+
+
+def stage_line(stage: str, run: StageRun, counts: dict[str, int]) -> str:
+    rows = rows_of(stage, counts)
+    rate = f"{rows / run.wall:>12,.0f}" if rows else ""
+    return f"{stage:<12}{run.wall:>10.2f}{run.cpu:>10.2f}{run.rss:>10.0f}{rate}"
+
+
+STAGE_HEAD = f"{'stage':<12}{'wall s':>10}{'CPU s':>10}{'peak MiB':>10}{'rows/s':>12}"
+
+
+def save_json(path: Path, results: dict[float, dict[str, StageRun]], counts: dict) -> None:
+    """Every scale's driver counts and stage figures, for `--from-json`."""
+    data = {
+        f"{scale:g}": {
+            "counts": counts[scale],
+            "stages": {
+                s: {"wall": r.wall, "cpu": r.cpu, "peak_mib": r.rss} for s, r in runs.items()
+            },
+        }
+        for scale, runs in results.items()
+    }
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def load_json(path: Path) -> tuple[dict[float, dict[str, StageRun]], dict[float, dict]]:
+    data = json.loads(path.read_text())
+    results = {
+        float(scale): {
+            stage: StageRun(f["wall"], f["cpu"], f["peak_mib"], "", None)
+            for stage, f in entry["stages"].items()
+        }
+        for scale, entry in data.items()
+    }
+    return results, {float(scale): entry["counts"] for scale, entry in data.items()}
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """`--set als.factors=64` pairs, values parsed as YAML (as `dvc exp run -S`)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"error: --set {item!r}; expected SECTION.KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=int, nargs="+", default=[1])
+    parser.add_argument("--scale", type=float, nargs="+", default=[1.0])
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a param at every scale (e.g. als.factors=64: 320 factors for 10M "
+        "users need 12 GB of user factors alone)",
+    )  # fmt: skip
     parser.add_argument(
         "--data-only", action="store_true", help="only generate/confidence/matrix/mask"
     )
+    parser.add_argument(
+        "--stages-only", action="store_true",
+        help="only the stage table (no repeated train runs, baselines or latency): the cost "
+        "curve at large scales",
+    )  # fmt: skip
+    parser.add_argument("--plot", type=Path, help="write the cost curve PNG here")
+    parser.add_argument("--json", type=Path, help="write every stage's figures here")
+    parser.add_argument(
+        "--from-json", type=Path, metavar="JSON",
+        help="run nothing: print the tables (and --plot) from a file --json wrote",
+    )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies")
     parser.add_argument(
         "--kernels",
@@ -187,68 +386,88 @@ def main() -> None:
     if args.repeat < 1:
         parser.error(f"--repeat must be at least 1, got {args.repeat}")
     if min(args.scale) < 1:
-        parser.error(f"--scale must be at least 1, got {min(args.scale)}")
-    parent = Path(tempfile.mkdtemp(prefix="recsys-bench-"))
-    try:
+        parser.error(f"--scale must be at least 1, got {min(args.scale):g}")
+    overrides = parse_overrides(args.overrides)
+    if args.from_json:
+        results, counts = load_json(args.from_json)
+        for scale, runs in results.items():
+            c = counts[scale]
+            print(f"\n== scale {scale:g}x: {c['users']:,} users, {c['events']:,} events")
+            print(STAGE_HEAD)
+            for stage, run in runs.items():
+                print(stage_line(stage, run, c))
+        print_growth(results, counts)
+        if args.plot:
+            plot(results, args.plot)
+        return
+    results: dict[float, dict[str, StageRun]] = {}
+    counts: dict[float, dict[str, int]] = {}
+    with scratch_parent("recsys-bench-", args.keep) as parent:
         for scale in args.scale:
-            repo = scratch_repo(scale, parent)
+            repo = scratch_repo(scale, parent, overrides)
             stages = DATA_STAGES if args.data_only else STAGES
             gen = yaml.safe_load((repo / "params.yaml").read_text())["generate"]
-            print(f"\n== scale {scale}x: {gen['users']:,} users, {gen['interactions']:,} events")
-            print(f"{'stage':<12}{'wall s':>10}{'peak MiB':>12}")
-            walls: dict[str, float] = {}
-            outputs: dict[str, str] = {}
+            extra = f" ({', '.join(args.overrides)})" if args.overrides else ""
+            print(
+                f"\n== scale {scale:g}x: {gen['users']:,} users, {gen['interactions']:,} events"
+                + extra,
+                flush=True,
+            )
             if args.kernels:
                 for stage in DATA_STAGES:
                     run_stage(stage, repo)
                 blas_cost(repo, args.kernels, args.repeat)
                 continue
+            print(STAGE_HEAD)
+            runs = results[scale] = {}
             for stage in stages:
-                wall, rss, outputs[stage] = run_stage(stage, repo)
-                walls[stage] = wall
-                print(f"{stage:<12}{wall:>10.2f}{rss:>12.0f}")
-            data = sum(walls[s] for s in DATA_STAGES)
+                run = runs[stage] = run_stage(stage, repo)
+                counts[scale] = driver_counts(repo)
+                print(stage_line(stage, run, counts[scale]), flush=True)
+            data = sum(runs[s].wall for s in DATA_STAGES)
             print(f"{'data stages':<12}{data:>10.2f}")
-            print(f"{'all stages':<12}{sum(walls.values()):>10.2f}")
-            if not args.data_only:
-                # fit() times swing by 20% between runs on 2 shared cores, so the overhead
-                # is the stage's wall time minus its own fit(); best of --repeat runs
-                runs = [(walls["train"], fit_seconds(outputs["train"]))]
-                for _ in range(args.repeat - 1):
-                    wall, _, out = run_stage("train", repo)
-                    runs.append((wall, fit_seconds(out)))
-                wall, fit_in_stage = min(runs, key=lambda r: r[0] - r[1])
-                print(
-                    f"train stage {wall:.2f} s, of which implicit fit() {fit_in_stage:.2f} s: "
-                    f"overhead {wall / fit_in_stage - 1:+.1%} (process start, imports, load, save)"
-                )
-                base = baselines(repo, args.repeat)
-                fit, rank = base["fit"], base["ranking_metrics_at_k"]
-                print(
-                    f"  bare implicit fit() with the same params in this process: {fit:.2f} s "
-                    f"(stage wall / bare fit: {wall / fit:.2f}x)"
-                )
-                loss_cost = fit / base["fit_no_loss"] - 1
-                print(
-                    f"  implicit fit() without the loss pass {base['fit_no_loss']:.2f} s: "
-                    f"als.track_loss costs {loss_cost:+.1%}"
-                )
-                ours = base["our_scoring"]
-                print(
-                    f"evaluate scoring (model + baseline, every metric at every k) {ours:.2f} s "
-                    f"vs ranking_metrics_at_k() alone {rank:.2f} s: {ours / rank:.2f}x; "
-                    f"MAP {base['map_ours']:.6f} vs {base['map_implicit']:.6f}"
-                )
-                print(
-                    f"  whole evaluate stage (process start, loading, persona, fallback): "
-                    f"{walls['evaluate']:.2f} s"
-                )
-                print(f"one recommendation from a loaded bundle: {recommend_latency(repo):.4f} ms")
-    finally:
-        if args.keep:
-            print(f"scratch copies kept in {parent}")
-        else:
-            shutil.rmtree(parent, ignore_errors=True)
+            print(f"{'all stages':<12}{sum(r.wall for r in runs.values()):>10.2f}", flush=True)
+            if args.data_only or args.stages_only:
+                continue
+            # fit() times swing by 20% between runs on 2 shared cores, so the overhead
+            # is the stage's wall time minus its own fit(); best of --repeat runs
+            fits = [(runs["train"].wall, fit_seconds(runs["train"].stdout))]
+            for _ in range(args.repeat - 1):
+                run = run_stage("train", repo)
+                fits.append((run.wall, fit_seconds(run.stdout)))
+            wall, fit_in_stage = min(fits, key=lambda r: r[0] - r[1])
+            print(
+                f"train stage {wall:.2f} s, of which implicit fit() {fit_in_stage:.2f} s: "
+                f"overhead {wall / fit_in_stage - 1:+.1%} (process start, imports, load, save)"
+            )
+            base = baselines(repo, args.repeat)
+            fit, rank = base["fit"], base["ranking_metrics_at_k"]
+            print(
+                f"  bare implicit fit() with the same params in this process: {fit:.2f} s "
+                f"(stage wall / bare fit: {wall / fit:.2f}x)"
+            )
+            loss_cost = fit / base["fit_no_loss"] - 1
+            print(
+                f"  implicit fit() without the loss pass {base['fit_no_loss']:.2f} s: "
+                f"als.track_loss costs {loss_cost:+.1%}"
+            )
+            ours = base["our_scoring"]
+            print(
+                f"evaluate scoring (model + baseline, every metric at every k) {ours:.2f} s "
+                f"vs ranking_metrics_at_k() alone {rank:.2f} s: {ours / rank:.2f}x; "
+                f"MAP {base['map_ours']:.6f} vs {base['map_implicit']:.6f}"
+            )
+            print(
+                f"  whole evaluate stage (process start, loading, persona, fallback): "
+                f"{runs['evaluate'].wall:.2f} s"
+            )
+            print(f"one recommendation from a loaded bundle: {recommend_latency(repo):.4f} ms")
+        if len(results) > 1:
+            print_growth(results, counts)
+        if args.json:
+            save_json(args.json, results, counts)
+        if args.plot and results:
+            plot(results, args.plot)
 
 
 if __name__ == "__main__":
