@@ -187,6 +187,7 @@ class Bundle:
     items_meta: dict[str, np.ndarray] = field(default_factory=dict)  # items.npz, may be empty
     md5: str = ""  # md5 of metadata.json, which records every file's md5: the bundle's identity
     _order: np.ndarray | None = field(init=False, repr=False)
+    _sorted_ids: np.ndarray = field(init=False, repr=False)
     _items: dict[str, int] = field(init=False, repr=False)
     _fallback_list: list[str] = field(init=False, repr=False)
     _item_dicts: list[dict[str, Any]] = field(init=False, repr=False)
@@ -196,6 +197,7 @@ class Bundle:
         # pipeline writes sorted: no per-user dict, so 10M users cost no extra RAM.
         ids = self.user_ids
         self._order = None if bool(np.all(ids[1:] > ids[:-1])) else np.argsort(ids, kind="stable")
+        self._sorted_ids = ids if self._order is None else ids[self._order]  # once, not per call
         self._items = dict(zip(self.item_ids.tolist(), range(self.item_ids.size), strict=True))
         self._fallback_list = self.fallback.tolist()
         self._item_dicts = _item_dicts(self.items_meta, self.item_ids.size)
@@ -222,7 +224,7 @@ class Bundle:
     def user_rows(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row of each id, whether the bundle has it); rows of unknown ids are arbitrary.
         For batches: the search makes one aligned copy of the ids per call."""
-        ids = self.user_ids if self._order is None else self.user_ids[self._order]
+        ids = self._sorted_ids
         query = np.asarray(user_ids, dtype=str)
         # the query in the ids' own dtype: a wider one would make numpy copy every id per
         # search; an id longer than that width cannot be in the bundle

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys.errors import StageError
-from recsys.ids import MAX_ID_LENGTH, check_id_length
+from recsys.ids import MAX_ID_LENGTH, check_id_length, codes, dictionary, sorted_ids
 from recsys.io import atomic_path
 from recsys.params import Section
 from recsys.paths import CONFIDENCE, INTERACTIONS
@@ -134,21 +134,6 @@ def load_events(path: Path | str = INTERACTIONS) -> pa.Table:
     return table
 
 
-def dictionary(column: pa.ChunkedArray) -> pa.Array:
-    """The one dictionary of a column read by `load_events` (unified across chunks)."""
-    if column.num_chunks == 0:
-        return pa.array([], pa.string())
-    return column.chunk(0).dictionary
-
-
-def codes(column: pa.ChunkedArray, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Each row's index into `dictionary(column)`, for chunks start..stop."""
-    chunks = column.chunks[start:stop]
-    if not chunks:
-        return np.empty(0, dtype=np.int32)
-    return np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
-
-
 def _first_row(column: pa.ChunkedArray, code: int) -> int:
     """0-based row of the first occurrence of dictionary entry `code`."""
     offset = 0
@@ -171,15 +156,6 @@ def event_weights(event_types: pa.Array, weights: dict[str, float]) -> np.ndarra
             f"confidence.weights in params.yaml (known: {', '.join(weights)})"
         )
     return np.array([weights[c] for c in names], dtype=np.float64)
-
-
-def sorted_ids(ids: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """(the ids sorted, each id's rank in that order). Arrow sorts UTF-8 bytes: code point
-    order, the order of a sorted pandas categorical, so pair order and id maps are stable."""
-    order = pc.array_sort_indices(ids).to_numpy()
-    rank = np.empty(order.size, dtype=np.int64)
-    rank[order] = np.arange(order.size)
-    return ids.take(pa.array(order)), rank
 
 
 @dataclass(frozen=True)

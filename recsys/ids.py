@@ -7,12 +7,15 @@ matrices stay plain integers and ids are stored once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recsys.errors import StageError
 from recsys.io import write_csv
+
+if TYPE_CHECKING:  # imported where used: the recommend CLI loads neither pandas nor pyarrow
+    import pyarrow as pa
 
 MAX_ID_LENGTH = 256
 """Longest USER_ID / ITEM_ID accepted, in characters (Amazon Personalize's limit).
@@ -46,6 +49,38 @@ def check_id_length(path: Path | str, column: str, ids: Any, codes: np.ndarray) 
         f"{int(lengths[codes[row]]):,} characters; expected at most {MAX_ID_LENGTH} "
         "(MAX_ID_LENGTH, Amazon Personalize's limit for USER_ID and ITEM_ID)"
     )
+
+
+# Arrow dictionary columns (ids read once per distinct value) for confidence and matrix.
+
+
+def dictionary(column: pa.ChunkedArray) -> pa.Array:
+    """The one dictionary of a dictionary-encoded column whose chunks share it (unified)."""
+    import pyarrow as pa
+
+    if column.num_chunks == 0:
+        return pa.array([], pa.string())
+    return column.chunk(0).dictionary
+
+
+def codes(column: pa.ChunkedArray, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Each row's index into `dictionary(column)`, for chunks start..stop."""
+    chunks = column.chunks[start:stop]
+    if not chunks:
+        return np.empty(0, dtype=np.int32)
+    return np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
+
+
+def sorted_ids(ids: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(the ids sorted, each id's rank in that order). Arrow sorts UTF-8 bytes: code point
+    order, the order of a sorted pandas categorical, so pair order and id maps are stable."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    order = pc.array_sort_indices(ids).to_numpy()
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return ids.take(pa.array(order)), rank
 
 
 def save_ids(path: Path | str, column: str, ids: Any) -> None:

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from recsys.errors import StageError
+from recsys.ids import codes, dictionary, sorted_ids
 from recsys.paths import CONFIDENCE
 
 COLUMNS = ["USER_ID", "ITEM_ID", "CONFIDENCE", "LAST_TIMESTAMP"]
@@ -77,15 +77,12 @@ def factorise(values: Any, column: str) -> tuple[np.ndarray, np.ndarray]:
     if not pa.types.is_dictionary(values.type):
         values = values.cast(pa.large_string()).dictionary_encode()
     values = pa.table({column: values}).unify_dictionaries()[column]
-    dictionary = values.chunk(0).dictionary.cast(pa.large_string())
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in values.chunks])
-    used = np.flatnonzero(np.bincount(codes, minlength=len(dictionary)))
-    if used.size < len(dictionary):  # a dictionary may hold values no pair uses
-        remap = np.full(len(dictionary), -1, dtype=np.int64)
+    distinct = dictionary(values).cast(pa.large_string())
+    rows = codes(values)
+    used = np.flatnonzero(np.bincount(rows, minlength=len(distinct)))
+    if used.size < len(distinct):  # a dictionary may hold values no pair uses
+        remap = np.full(len(distinct), -1, dtype=np.int64)
         remap[used] = np.arange(used.size)
-        dictionary, codes = dictionary.take(pa.array(used)), remap[codes]
-    order = pc.array_sort_indices(dictionary).to_numpy()
-    rank = np.empty(order.size, dtype=np.int64)
-    rank[order] = np.arange(order.size)
-    ids = dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False)
-    return ids, rank[codes]
+        distinct, rows = distinct.take(pa.array(used)), remap[rows]
+    ids, rank = sorted_ids(distinct)
+    return ids.to_numpy(zero_copy_only=False), rank[rows]
