@@ -1,34 +1,50 @@
 # Two commands set everything up on a fresh machine:
 #   make repro   create/reuse .venv from requirements.txt, then run the pipeline (dvc repro)
-#   make test    create/reuse .venv from requirements.txt, then run the test suite
-#   make serve   the HTTP service over models/bundle (README "Deploy")
+#   make test    create/reuse .venv from requirements.txt, then run the test suite (about 3 min)
+# Both install the `recsys` command (recsys --help) into .venv.
+#   make docs    serve the docs site on http://127.0.0.1:8001 (mkdocs, live reload)
+#   make serve   the HTTP service over models/bundle (docs: Deploy)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(CURDIR)/$(VENV)/bin
 # Stages run as `python -m stages.X` through dvc: put the venv first so they find its packages.
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+# pytest workers: one per core by default; `make test WORKERS=1` runs serially.
+WORKERS ?= auto
 
-.PHONY: setup repro test test-all lint format bench bench-families bench-service fidelity serve clean-venv
+.PHONY: setup repro test test-all docs docs-build lint format bench bench-families \
+	bench-service fidelity serve clean-venv
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# pip's own output is the progress: one line per package it collects and installs.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(BIN)/python || { echo "==> creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
 	@echo "==> installing the pinned requirements.txt into $(VENV) (first time: about 2 minutes)"
-	@$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	@$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -r requirements.txt
+	@echo "==> installing the recsys command (editable)"
+	@$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	@touch $@
-	@echo "==> $(VENV) ready"
+	@echo "==> $(VENV) ready: recsys --help lists the commands"
 
 repro: setup
 	@echo "==> dvc repro: generate -> confidence -> matrix -> mask -> train -> evaluate -> export"
 	dvc repro
 
+# Usually about 3 minutes on 2 cores (pytest -n auto: one worker per core).
 test: setup
-	python -m pytest
+	@echo "==> pytest on $(WORKERS) workers (usually about 3 minutes on 2 cores)"
+	python -m pytest -n $(WORKERS)
 
 test-all: setup
-	python -m pytest -m "slow or not slow"
+	python -m pytest -n $(WORKERS) -m "slow or not slow"
+
+docs: setup
+	mkdocs serve -a 127.0.0.1:8001
+
+docs-build: setup
+	mkdocs build --strict
 
 lint: setup
 	ruff check .
@@ -46,12 +62,12 @@ bench-families: setup
 
 # the synthetic shop next to the reference's figures, for three seeds (about 15 minutes)
 fidelity: setup
-	python scripts/fidelity.py --seeds 42 7 2024
+	recsys fidelity --seeds 42 7 2024
 
 # The HTTP service on 127.0.0.1:$PORT (8000) over $BUNDLE_DIR (models/bundle); `exec` so that
 # `kill -HUP` reaches the server itself and reloads the bundle.
 serve: setup
-	exec python -m recsys.service
+	exec recsys serve
 
 bench-service: setup
 	python scripts/bench_service.py

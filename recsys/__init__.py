@@ -1,4 +1,4 @@
-"""recsys: the library behind the seven pipeline stages (see README "Architecture").
+"""recsys: the library behind the seven pipeline stages (see docs/pipeline.md, "Architecture").
 
 Stage modules in `stages/` only read their params, call functions here and write outputs;
 everything they compute lives in this package, one concern per module. Importing it first

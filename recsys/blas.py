@@ -59,14 +59,34 @@ def check_override() -> None:
         )
 
 
-def _default_kernel() -> str:
-    """`PINNED_KERNEL` unless the CPU visibly lacks its instructions (Linux tells)."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags as Linux reports them; empty where it does not."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "").split()
+            return frozenset(next((line for line in fh if line.startswith("flags")), "").split())
     except OSError:
+        return frozenset()
+
+
+def widest_kernel(flags: frozenset[str]) -> str:
+    """The most capable OpenBLAS x86-64 kernel these flags can run.
+
+    Forcing a kernel the CPU lacks (SkylakeX on an AVX2-only CPU) dies with SIGILL, so
+    anything that compares kernels picks among the ones this CPU runs.
+    """
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"} <= flags:
+        return "SkylakeX"
+    if {"avx2", "fma"} <= flags:
         return PINNED_KERNEL
-    if flags and not {"avx2", "fma"} <= set(flags):
+    if "avx" in flags:
+        return "Sandybridge"
+    return FALLBACK_KERNEL
+
+
+def _default_kernel() -> str:
+    """`PINNED_KERNEL` unless the CPU visibly lacks its instructions (Linux tells)."""
+    flags = cpu_flags()
+    if flags and not {"avx2", "fma"} <= flags:
         return FALLBACK_KERNEL
     return PINNED_KERNEL
 

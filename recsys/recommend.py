@@ -5,37 +5,32 @@ held out, get the cold-start fallback, and the answer says so. `--items` scores 
 anonymous session (items a visitor has just used) with the model, `--similar` lists the
 items most similar to one item:
 
-    python -m recsys.recommend USER_ID [-n N] [--bundle DIR] [--json]
-    python -m recsys.recommend --items ITEM_ID [ITEM_ID ...] [-n N] [--bundle DIR] [--json]
-    python -m recsys.recommend --similar ITEM_ID [-n N] [--bundle DIR] [--json]
+    recsys recommend USER_ID [-n N] [--bundle DIR] [--json]
+    recsys recommend --items ITEM_ID [ITEM_ID ...] [-n N] [--bundle DIR] [--json]
+    recsys recommend --similar ITEM_ID [-n N] [--bundle DIR] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from recsys.bundle import Recommendations, load_bundle
 from recsys.cli import run_stage
+from recsys.commands import CommandParser
 from recsys.errors import StageError
 from recsys.paths import BUNDLE
+
+if TYPE_CHECKING:
+    from argparse import Namespace
 
 # --------------------------------------------------------------------------- CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one `error:` line (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(
-        prog="python -m recsys.recommend",
+def _parse(argv: Sequence[str] | None) -> Namespace:
+    parser = CommandParser(
         description="Top-N item ids for a user, an anonymous session (--items) or similar "
         "items (--similar) from an exported bundle; unknown users get the cold-start "
         "fallback (labelled as such).",

@@ -1,6 +1,6 @@
 """The HTTP service over an exported bundle: an ASGI app (Starlette) run by uvicorn.
 
-    python -m recsys.service [--host 127.0.0.1] [--port 8000] [--bundle models/bundle]
+    recsys serve [--host 127.0.0.1] [--port 8000] [--bundle models/bundle]
 
 Endpoints (JSON in, JSON out):
 
@@ -25,7 +25,6 @@ items, on one BLAS thread (`limit_threads`), inside the event loop.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hmac
@@ -38,7 +37,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -48,6 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from recsys.bundle import Bundle, Recommendations, load_bundle
+from recsys.commands import CommandParser
 from recsys.errors import StageError
 from recsys.ids import MAX_ID_LENGTH
 from recsys.paths import BUNDLE, TRAIN
@@ -464,14 +464,8 @@ def create_app(slot: BundleSlot, admin_token: str | None = None, load_on_startup
 # --------------------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _Parser(
-        prog="python -m recsys.service",
+    parser = CommandParser(
         description="Serve recommendations from an exported bundle over HTTP (JSON). "
         "SIGHUP or POST /admin/reload swaps in the bundle found at --bundle again.",
     )

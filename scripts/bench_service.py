@@ -1,6 +1,6 @@
 """Load benchmark of the HTTP service on loopback (not a test).
 
-Starts `python -m recsys.service` on a free 127.0.0.1 port over a bundle, then drives it at a
+Starts `recsys serve` on a free 127.0.0.1 port over a bundle, then drives it at a
 fixed request rate with a lean asyncio load generator on uvloop: `--connections` keep-alive
 HTTP/1.1 connections that write prebuilt request bytes and read each answer by its
 Content-Length. The requests are a pool of POOL_SIZE drawn once from a seeded mix of known
@@ -126,7 +126,7 @@ def start_server(bundle: Path, port: int, token: str, log: Path) -> subprocess.P
     env["RECSYS_ADMIN_TOKEN"] = token
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "recsys.service", "--log-level", "warning"],
+            [str(Path(sys.executable).parent / "recsys"), "serve", "--log-level", "warning"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -534,7 +534,7 @@ def main() -> None:
 
     token = secrets.token_hex(16)
     host, port = "127.0.0.1", free_port()
-    # printed relative to the repository when inside it: figures get pasted into the README
+    # printed relative to the repository when inside it: figures get pasted into the docs
     shown = bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle
     workload = Workload(bundle, mix)  # type: ignore[arg-type]
     pool = workload.pool(f"{host}:{port}")

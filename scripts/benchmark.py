@@ -8,7 +8,7 @@ evaluate.
     python scripts/benchmark.py                 # default scale (100k users, 800k events)
     python scripts/benchmark.py --scale 1 10    # also 10x (1M users, 8M events)
 
-The cost curve (README "Scale"): every scale's stage table, then each stage's growth from one
+The cost curve (docs/scale.md): every scale's stage table, then each stage's growth from one
 scale to the next against the growth of what drives it (events; users for evaluate and
 export), and a log-log PNG of time and memory per stage:
 

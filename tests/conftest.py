@@ -96,6 +96,23 @@ def run_module(
     )
 
 
+RECSYS = str(Path(sys.executable).parent / "recsys")  # the console script `make setup` installs
+
+
+def recsys(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`recsys ARGS...` as a user types it, in `cwd`; never raises on a non-zero exit."""
+    return subprocess.run(
+        [RECSYS, *args],
+        cwd=cwd,
+        env=env or tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def set_params(repo: Path, updates: dict[str, dict]) -> None:
     """Merge `updates` (section -> {key: value}) into the copy's params.yaml."""
     path = repo / "params.yaml"

@@ -1,6 +1,6 @@
 """A real S3-compatible server (moto, over HTTP) on a free localhost port, once per session.
 
-It is started with the same helpers as `scripts/s3-dev`, so the tests exercise the server
+It is started with the same helpers as `recsys s3-dev`, so the tests exercise the server
 developers use. The `s3_server` fixture yields an `S3Server`; each test creates its own
 bucket, so tests never see each other's objects.
 """
@@ -8,7 +8,6 @@ bucket, so tests never see each other's objects.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import urllib.request
@@ -16,23 +15,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_s3_dev() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("s3_dev", ROOT / "scripts" / "s3_dev.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-s3_dev = _load_s3_dev()
+from recsys.commands import s3_dev
 
 # Variables that would make a subprocess talk to a real AWS account or profile.
 _AWS_LEAKS = (
@@ -129,7 +116,7 @@ class S3Server:
 def s3_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """Start moto's S3 server for the session; stop it (and only it) at the end.
 
-    With RECSYS_TEST_S3_ENDPOINT set (CI starts one with `scripts/s3-dev start`), that
+    With RECSYS_TEST_S3_ENDPOINT set (CI starts one with `recsys s3-dev start`), that
     server is used and left running for whoever started it.
     """
     log = tmp_path_factory.mktemp("s3-server") / "server.log"

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from recsys.bundle import ExportParams, build_bundle
 from recsys.families.als import AlsModel
 from recsys.ids import load_item_metadata
+from tests.conftest import RECSYS
 from tests.s3_server import s3_dev
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ class Server:
 
 @contextmanager
 def serve(bundle: Path, log: Path, token: str | None = None, wait: bool = True) -> Iterator[Server]:
-    """`python -m recsys.service` on a free port, as `make serve` runs it; stopped after."""
+    """`recsys serve` on a free port, as `make serve` runs it; stopped after."""
     port = s3_dev.free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(port), "BUNDLE_DIR": str(bundle)}
     env.pop("RECSYS_ADMIN_TOKEN", None)
@@ -169,7 +169,7 @@ def serve(bundle: Path, log: Path, token: str | None = None, wait: bool = True) 
         env["RECSYS_ADMIN_TOKEN"] = token
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "recsys.service"],
+            [RECSYS, "serve"],
             cwd=ROOT,
             env=env,
             stdout=out,

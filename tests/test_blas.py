@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from recsys.blas import cpu_flags, widest_kernel
 from tests.conftest import ROOT, copy_reproduced
 
 pytestmark = [
@@ -76,14 +77,34 @@ def test_pinned_kernel_gives_identical_outputs_under_every_forced_kernel(split_r
 
 
 def test_without_the_pin_kernels_differ(split_repo: Path, tmp_path: Path) -> None:
-    """The control: the problem is real on this data, so the test above can fail."""
+    """The control: the problem is real on this data, so the test above can fail.
+
+    It needs two kernels that round differently and that this CPU can run: the oldest
+    (Prescott, SSE3) and the widest this CPU has (SkylakeX with AVX-512, Haswell with AVX2).
+    """
+    widest = widest_kernel(cpu_flags())
+    assert widest != "Prescott", "this CPU runs no kernel wider than SSE3"
     repo = tmp_path / "native"
     shutil.copytree(split_repo, repo)
     native = {
         kernel: model_stages(repo, OPENBLAS_CORETYPE=kernel, RECSYS_BLAS_KERNEL="native")
-        for kernel in ("Prescott", "SkylakeX")
+        for kernel in ("Prescott", widest)
     }
-    assert native["Prescott"]["models/als.npz"] != native["SkylakeX"]["models/als.npz"]
+    assert native["Prescott"]["models/als.npz"] != native[widest]["models/als.npz"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "kernel"),
+    [
+        ({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx2", "fma"}, "SkylakeX"),
+        ({"avx2", "fma", "avx"}, "Haswell"),
+        ({"avx512f", "avx2", "fma"}, "Haswell"),
+        ({"avx", "sse4_2"}, "Sandybridge"),
+        ({"sse4_2"}, "Nehalem"),
+    ],
+)
+def test_the_control_only_forces_a_kernel_the_cpu_runs(flags: set[str], kernel: str) -> None:
+    assert widest_kernel(frozenset(flags)) == kernel
 
 
 def test_a_stage_process_runs_the_pinned_kernel() -> None:

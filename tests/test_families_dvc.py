@@ -12,7 +12,7 @@ import yaml
 
 from recsys.families import FAMILIES
 from recsys.io import md5sum
-from tests.conftest import copy_reproduced, run, run_module, set_params
+from tests.conftest import copy_reproduced, recsys, run, set_params
 
 pytestmark = pytest.mark.dvc
 
@@ -91,7 +91,7 @@ def test_every_family_reports_metrics_with_error_bars(families) -> None:
 
 
 def recommend(repo: Path, *args: str) -> dict:
-    proc = run_module("recsys.recommend", *args, "-n", "5", "--json", cwd=repo)
+    proc = recsys("recommend", *args, "-n", "5", "--json", cwd=repo)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 import yaml
 
 from recsys.bundle import ExportParams, build_bundle, load_bundle
+from recsys.commands import s3_dev
 from recsys.confidence import ConfidenceParams, aggregate, load_events
 from recsys.errors import StageError
 from recsys.events import GZIP_FREE_BYTES, MAX_HEADER_BYTES, read_header, read_interactions
@@ -41,6 +42,7 @@ from recsys.ids import MAX_ID_LENGTH
 from recsys.matrix import build, factorise
 from recsys.params import Section
 from recsys.split import MaskParams, split
+from tests.conftest import RECSYS, recsys
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "ITEM_ID,USER_ID,EVENT_TYPE,TIMESTAMP,DISCOUNT\n"
@@ -283,7 +285,7 @@ def test_a_truncated_model_npz_is_refused_by_recommend(tmp_path: Path) -> None:
     assert load_bundle(bundle).recommend("u1", 3)  # a sound bundle answers
     factors = bundle / "model.npz"
     factors.write_bytes(factors.read_bytes()[: factors.stat().st_size // 2])
-    proc = run_module("recsys.recommend", "u1", "--bundle", str(bundle), cwd=tmp_path)
+    proc = recsys("recommend", "u1", "--bundle", str(bundle), cwd=tmp_path)
     line = error_line(proc)
     assert f"{factors}: corrupt" in line and proc.stdout == ""
 
@@ -310,21 +312,12 @@ def test_a_slow_fit_is_announced_with_an_estimate() -> None:
 # --------------------------------------------------------------------------- 8. s3-dev
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.skipif(
     not all(__import__("importlib").util.find_spec(m) for m in ("moto", "flask")),
     reason="moto's server is not installed",
 )
 def test_s3_dev_start_into_a_closed_pipe_still_configures_the_remote(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    shutil.copytree(ROOT / "scripts", repo / "scripts", ignore=shutil.ignore_patterns("__py*"))
     (repo / ".dvc").mkdir(parents=True)
     (repo / ".dvc/config").write_text(
         "[core]\n    remote = storage\n['remote \"storage\"']\n    url = s3://dev-bucket/store\n"
@@ -332,9 +325,9 @@ def test_s3_dev_start_into_a_closed_pipe_still_configures_the_remote(tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(PYTHON=sys.executable, PYTHONUNBUFFERED="1")  # every print reaches the pipe
 
-    def s3_dev(command: str) -> subprocess.CompletedProcess:
+    def s3dev(command: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["sh", "-c", f"scripts/s3-dev {command}"],
+            ["sh", "-c", f"{RECSYS} s3-dev {command}"],
             cwd=repo,
             env=env,
             capture_output=True,
@@ -344,20 +337,20 @@ def test_s3_dev_start_into_a_closed_pipe_still_configures_the_remote(tmp_path: P
 
     state = repo / ".dvc/tmp/s3-dev/state.json"
     try:
-        start = s3_dev(f"start --port {free_port()} | head -1")
+        start = s3dev(f"start --port {s3_dev.free_port()} | head -1")
         assert start.returncode == 0 and start.stderr == "", start.stderr
         assert start.stdout.startswith("s3-dev: started moto S3 server")
         endpoint = json.loads(state.read_text())["endpoint"]
         local = (repo / ".dvc/config.local").read_text()
         assert f"endpointurl = {endpoint}" in local  # the next push goes to moto, not AWS
-        assert s3_dev("status").returncode == 0
+        assert s3dev("status").returncode == 0
     finally:
-        stop = s3_dev("stop")
+        stop = s3dev("stop")
         if state.exists():  # stop failed: end the server this test started, by its pid
             with contextlib.suppress(ProcessLookupError, ValueError, KeyError):
                 os.kill(json.loads(state.read_text())["pid"], signal.SIGKILL)
     assert stop.returncode == 0, stop.stderr
-    down = s3_dev("status")
+    down = s3dev("status")
     assert (down.returncode, down.stdout) == (3, "s3-dev: not running\n")
 
 

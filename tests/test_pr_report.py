@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from recsys.bootstrap import interval
-from tests.conftest import ROOT, run
+from tests.conftest import recsys, run
 
 pytestmark = pytest.mark.dvc
 
-SCRIPT = ROOT / "scripts" / "pr_report.py"
 
 DVC_YAML = """\
 stages:
@@ -91,7 +90,7 @@ def pr_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 def report(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, str(SCRIPT), *args], repo, check=False)
+    return recsys("report", *args, cwd=repo)
 
 
 def table(markdown: str, heading: str) -> list[list[str]]:
@@ -254,12 +253,23 @@ def test_compare_takes_experiment_names(noise_repo: Path, tmp_path: Path) -> Non
     base = rng.random(N_USERS) * 0.4
     write_run(repo, base + 0.01 + rng.normal(0, 0.01, N_USERS), "split-a", 16)
     run([sys.executable, "-m", "dvc", "exp", "save", "-q", "-n", "wider"], repo)
-    proc = run([sys.executable, str(ROOT / "scripts/compare.py"), "base", "wider"], repo,
-               check=False)  # fmt: skip
+    proc = recsys("compare", "base", "wider", cwd=repo)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("## DVC report: `base` -> `wider`")
     assert table(proc.stdout, "### Metrics")[0][3].endswith(", significant")
-    bad = run([sys.executable, str(ROOT / "scripts/compare.py"), "base", "nope"], repo,
-              check=False)  # fmt: skip
+    bad = recsys("compare", "base", "nope", cwd=repo)
     assert bad.returncode == 2
     assert bad.stderr == "error: unknown git revision or experiment 'nope'\n"
+
+
+def test_compare_refuses_a_missing_folder_in_one_line(noise_repo: Path, tmp_path: Path) -> None:
+    """Each once gave a traceback: an --out folder that does not exist, a --repo that does not."""
+    out = tmp_path / "missing" / "x.md"
+    bad_out = recsys("compare", "base", "resplit", "--out", str(out), cwd=noise_repo)
+    assert (bad_out.returncode, bad_out.stdout) == (2, "")
+    assert bad_out.stderr == f"error: --out {out}: the folder {out.parent} does not exist\n"
+    assert not out.parent.exists()
+    gone = tmp_path / "nowhere"
+    bad_repo = recsys("compare", "base", "resplit", "--repo", str(gone), cwd=tmp_path)
+    assert bad_repo.returncode == 2
+    assert bad_repo.stderr == f"error: --repo {gone}: no such directory\n"

@@ -20,7 +20,7 @@ from recsys.errors import StageError
 from recsys.families.als import AlsModel
 from recsys.io import write_npz
 from recsys.recommend import main as recommend_main
-from tests.conftest import run_module
+from tests.conftest import ROOT, recsys
 
 N_USERS, N_ITEMS, TOP_N, FALLBACK_SIZE = 60, 30, 8, 12
 NO_HISTORY = "4"  # row 3: every pair held out
@@ -104,7 +104,7 @@ def test_one_recommendation_takes_well_under_a_millisecond(bundle_dir: Path) -> 
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return run_module("recsys.recommend", *args)
+    return recsys("recommend", *args, cwd=ROOT)
 
 
 def test_cli_known_and_unknown_users(bundle_dir: Path) -> None:

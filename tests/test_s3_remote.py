@@ -101,7 +101,7 @@ class Published:
     """The project reproduced once, its data in `bucket`, its commits in bare `origin`.
 
     `env` reaches the server through AWS_ENDPOINT_URL_S3 and the key pair in AWS_* variables
-    (the README's environment route), so a fresh clone needs no local config at all.
+    (the environment route in docs/s3-and-ci.md), so a fresh clone needs no local config at all.
     """
 
     repo: Path

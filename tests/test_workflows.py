@@ -1,4 +1,4 @@
-"""The GitHub Actions workflows: valid for actionlint, and wired the way the README says."""
+"""The GitHub Actions workflows: valid for actionlint, and wired the way docs/s3-and-ci.md says."""
 
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def test_pr_workflow_reproduces_checks_and_comments() -> None:
     assert pr["concurrency"]["cancel-in-progress"] is True
     step_running(pr, "make test")
     job = job_running(pr, "dvc repro")
-    # Tests first, then the pipeline is reproduced (as the README says).
+    # Tests first, then the pipeline is reproduced (as docs/s3-and-ci.md says).
     assert job.get("needs") in ("test", ["test"])
     assert job_running(pr, "make test") is pr["jobs"]["test"]
     # Only the reporting job may write to the pull request.
@@ -159,9 +159,9 @@ def test_pr_workflow_reproduces_checks_and_comments() -> None:
         job,
         "dvc pull",
         "dvc repro",
-        "scripts/pr_report.py --base",
+        "recsys report --base",
         "cml comment update",
-        "scripts/check_repro.py --rev HEAD",
+        "recsys check-repro --rev HEAD",
     )
     # The comment goes up even when the committed results turn out stale.
     assert pull < repro < built < comment < check
@@ -177,10 +177,10 @@ def test_main_workflow_checks_then_pushes_only_with_credentials() -> None:
     assert job.get("needs") in ("test", ["test"])
     assert_secrets_only_in(main, ("dvc pull", "dvc push"))
     pull, repro, check, push = order(
-        job, "dvc pull", "dvc repro", "scripts/check_repro.py --rev HEAD", "dvc push"
+        job, "dvc pull", "dvc repro", "recsys check-repro --rev HEAD", "dvc push"
     )
     # Stale committed results stop the run before anything reaches the remote
-    # (tests/test_check_repro.py checks the script's exit codes and messages).
+    # (tests/test_check_repro.py checks the command's exit codes and messages).
     assert pull < repro < check < push
 
 
@@ -189,6 +189,7 @@ def test_every_makefile_target_parses() -> None:
     """The README's commands go through make: a broken Makefile breaks all of them."""
     targets = ["setup", "repro", "test", "test-all", "lint", "format", "bench"]
     targets += ["bench-families", "bench-service", "fidelity", "serve", "clean-venv"]
+    targets += ["docs", "docs-build"]
     for target in targets:
         proc = subprocess.run(
             ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=False

@@ -8,15 +8,14 @@ shares). Learnability is scored the same way for every model, by the project's o
 held out at random, the user's training items excluded, AP@20 / min(20, |held-out|) averaged
 over every user with a held-out pair.
 
-    python scripts/fidelity.py                     # params.yaml's shop (seed 42, 100k users)
-    python scripts/fidelity.py --seeds 42 7 2024   # three shops, one column each
-    python scripts/fidelity.py --data              # the tables in data/ as they are
-    python scripts/fidelity.py --structure-only    # skip the models (a few seconds)
+    recsys fidelity                     # params.yaml's shop (seed 42, 100k users)
+    recsys fidelity --seeds 42 7 2024   # three shops, one column each
+    recsys fidelity --data              # the tables in data/ as they are
+    recsys fidelity --structure-only    # skip the models (a few seconds)
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -27,19 +26,18 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from recsys.events import ImportParams  # noqa: E402
-from recsys.families.als import AlsParams, make_model, model_from_factors  # noqa: E402
-from recsys.fidelity import ARTICLE_SCORES, cooccurrence, log_from_frames, pair_shapes  # noqa: E402
-from recsys.metrics import evaluate_recs  # noqa: E402
-from recsys.params import load  # noqa: E402
-from recsys.paths import INTERACTIONS, ITEMS, USERS  # noqa: E402
-from recsys.ranking import popularity_ranking, top_k_excluding, top_k_unseen  # noqa: E402
-from recsys.shop import ShopParams, build_shop  # noqa: E402
-from recsys.split import random_split  # noqa: E402
-from recsys.threads import stage_threads  # noqa: E402
+from recsys.commands import CommandParser
+from recsys.errors import StageError
+from recsys.events import ImportParams
+from recsys.families.als import AlsParams, make_model, model_from_factors
+from recsys.fidelity import ARTICLE_SCORES, cooccurrence, log_from_frames, pair_shapes
+from recsys.metrics import evaluate_recs
+from recsys.params import load
+from recsys.paths import INTERACTIONS, ITEMS, USERS
+from recsys.ranking import popularity_ranking, top_k_excluding, top_k_unseen
+from recsys.shop import ShopParams, build_shop
+from recsys.split import random_split
+from recsys.threads import stage_threads
 
 K = 20
 HOLD_OUT, SPLIT_SEED = 0.2, 7
@@ -89,13 +87,13 @@ def shop_params(seed: int | None) -> ShopParams:
         section.ignore(["source", *ImportParams.KEYS])
         return ShopParams.from_section(section)
 
-    params = load(parse, "generate", ROOT / "params.yaml")
+    params = load(parse, "generate", Path("params.yaml"))
     return params if seed is None else dataclasses.replace(params, seed=seed)
 
 
 def read_tables() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     read = {"dtype": str, "keep_default_na": False, "na_values": [""]}
-    return tuple(pd.read_csv(ROOT / p, **read) for p in (ITEMS, USERS, INTERACTIONS))
+    return tuple(pd.read_csv(p, **read) for p in (ITEMS, USERS, INTERACTIONS))
 
 
 def split(log) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -171,12 +169,16 @@ def fmt(value: float, kind: tuple, key: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--seeds", type=int, nargs="+", help="generate shops with these seeds")
     source.add_argument("--data", action="store_true", help="read data/ instead of generating")
     parser.add_argument("--structure-only", action="store_true", help="skip the models")
     args = parser.parse_args(argv)
+    if not Path("params.yaml").is_file():
+        raise StageError("no params.yaml here; run `recsys fidelity` from the repository root")
+    if args.data and not all(Path(p).is_file() for p in (ITEMS, USERS, INTERACTIONS)):
+        raise StageError(f"--data reads {ITEMS}, {USERS} and {INTERACTIONS}; run `dvc repro` first")
     threads = stage_threads()
 
     columns: dict[str, dict[str, float]] = {}
@@ -219,7 +221,3 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{misses} of the rows with a target outside it", file=sys.stderr)
     weights = ", ".join(f"{k} {v}" for k, v in ARTICLE_SCORES.items())
     print(f"(confidence = summed event scores: {weights})", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

@@ -7,9 +7,9 @@ committed), so `dvc push`, `dvc pull` and `dvc exp push` work without an AWS acc
 credentials a developer keeps there survive a start/stop cycle.
 
 Usage (from anywhere inside the repository):
-    scripts/s3-dev start [--port P] [--remote NAME]
-    scripts/s3-dev status     (exit status 0 when running, 3 when not)
-    scripts/s3-dev stop
+    recsys s3-dev start [--port P] [--remote NAME]
+    recsys s3-dev status     (exit status 0 when running, 3 when not)
+    recsys s3-dev stop
 
 The test suite imports the server helpers (`free_port`, `launch`, `wait_until_up`,
 `ensure_bucket`, `terminate`) so tests and developers run the server the same way.
@@ -17,7 +17,6 @@ The test suite imports the server helpers (`free_port`, `launch`, `wait_until_up
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import importlib.util
@@ -33,6 +32,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from recsys.commands import CommandParser
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5055
@@ -282,7 +283,7 @@ def write_state(root: Path, state: dict[str, Any]) -> None:
 
 
 def say(line: str) -> None:
-    """Print one line to stdout. A reader that went away (`scripts/s3-dev start | head -1`)
+    """Print one line to stdout. A reader that went away (`recsys s3-dev start | head -1`)
     is no error: every command does its work before it prints, so the rest is dropped."""
     try:
         print(line, flush=True)
@@ -306,12 +307,12 @@ def cmd_start(root: Path, port: int | None, remote_arg: str | None) -> None:
     if state and remote != state["remote"]:
         raise DevError(
             f"the S3 server {'runs' if running else 'was started'} for remote "
-            f"'{state['remote']}', not '{remote}'; run `scripts/s3-dev stop` first"
+            f"'{state['remote']}', not '{remote}'; run `recsys s3-dev stop` first"
         )
     if state and running:
         if port is not None and port != state["port"]:
             raise DevError(
-                f"already running on port {state['port']}; run `scripts/s3-dev stop` first"
+                f"already running on port {state['port']}; run `recsys s3-dev stop` first"
             )
         endpoint = state["endpoint"]
         report.append(f"s3-dev: already running (pid {state['pid']}) at {endpoint}")
@@ -349,7 +350,7 @@ def cmd_start(root: Path, port: int | None, remote_arg: str | None) -> None:
     )
     report += [
         f"s3-dev: remote '{remote}' now uses it through .dvc/config.local "
-        "(endpointurl, access_key_id, secret_access_key); `scripts/s3-dev stop` undoes this",
+        "(endpointurl, access_key_id, secret_access_key); `recsys s3-dev stop` undoes this",
         "# for other tools (aws cli, boto3) or dvc without .dvc/config.local:",
         f"export AWS_ENDPOINT_URL_S3={endpoint}",
         f"export AWS_ACCESS_KEY_ID={ACCESS_KEY_ID}",
@@ -385,7 +386,7 @@ def cmd_stop(root: Path) -> None:
         say(line)
 
 
-EXIT_NOT_RUNNING = 3  # as LSB init scripts' `status`: scripts can test `scripts/s3-dev status`
+EXIT_NOT_RUNNING = 3  # as LSB init scripts' `status`: scripts can test `recsys s3-dev status`
 
 
 def cmd_status(root: Path) -> int:
@@ -398,7 +399,7 @@ def cmd_status(root: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="s3-dev", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start the server and point the remote at it")
     start.add_argument("--port", type=int, help=f"port on {HOST} (default {DEFAULT_PORT})")
@@ -425,7 +426,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,8 +10,8 @@ held-out pairs, a paired bootstrap over those users gives the change's 95% inter
 otherwise the two runs' own intervals (`*_ci_low` / `*_ci_high` in metrics.json) are compared,
 which is coarser (overlapping intervals can hide a real, consistent gain).
 
-    python scripts/pr_report.py --base origin/main [--new REV] [--out report.md]
-                                [--plots-dir report_plots [--plots-url URL]]
+    recsys report --base origin/main [--new REV] [--out report.md]
+                  [--plots-dir report_plots [--plots-url URL]]
 """
 
 from __future__ import annotations
@@ -31,14 +31,12 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the bootstrap lives in the package (recsys/bootstrap.py)
-
-from recsys.bootstrap import paired_difference, verdict  # noqa: E402
+from recsys.bootstrap import paired_difference, verdict
+from recsys.commands import CommandParser
+from recsys.errors import EXIT_USER_ERROR
 
 HEADLINE_METRIC = "map_at_k"
 WORKSPACE = "workspace"
-EXIT_USER_ERROR = 2
 PER_USER = "data/per_user.npz"
 # metric name -> per-user array in PER_USER whose mean it is
 NOISE_CHECKED = {"map_at_k": "ap", "ndcg_at_k": "ndcg"}
@@ -462,7 +460,7 @@ def build_report(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="git revision to compare against")
     parser.add_argument(
         "--new", default=WORKSPACE, help="git revision to report on (default: the workspace)"
@@ -478,22 +476,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_repo_dir(repo: Path) -> None:
+    """Refuse a --repo that is not a folder before git or DVC run in it."""
+    if not repo.is_dir():
+        raise ReportError(f"--repo {repo}: no such directory")
+
+
+def write_report(text: str, out: Path | None) -> None:
+    """The report to stdout, or to `out` whole (a temp file renamed over it), never half."""
+    if out is None:
+        sys.stdout.write(text)
+        return
+    if not out.parent.is_dir():
+        raise ReportError(f"--out {out}: the folder {out.parent} does not exist")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ReportError(f"--out {out}: cannot write ({exc.strerror})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: report to stdout or --out; one `error:` line and exit 2 on bad input."""
     args = parse_args(argv)
     try:
+        check_repo_dir(args.repo)
         report = build_report(
             args.repo, args.base, args.new, args.plots_dir, args.out, args.plots_url
         )
-        if args.out is None:
-            sys.stdout.write(report)
-            return 0
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
-        try:
-            tmp.write_text(report, encoding="utf-8")
-            tmp.replace(args.out)
-        except OSError as exc:
-            raise ReportError(f"cannot write {args.out}: {exc.strerror}") from None
+        write_report(report, args.out)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -501,7 +514,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
