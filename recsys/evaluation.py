@@ -11,7 +11,7 @@ how often recommendations fall in the user's persona categories.
 Error bars: MAP@K and NDCG@K get a 95% interval from a seeded bootstrap over users, and the
 model's paired difference to most-popular (same users) its own interval
 (`recsys.bootstrap`); the per-user values are written too, so two runs can be compared
-user by user (`scripts/compare.py`).
+user by user (`recsys compare`).
 """
 
 from __future__ import annotations

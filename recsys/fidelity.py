@@ -2,7 +2,7 @@
 
 The structural figures (co-occurrence spread, M/F clique overlap, style purity, funnel and
 confidence shapes, popularity concentration) are computed here from integer-coded arrays;
-`scripts/fidelity.py` adds the learnability figures (held-out MAP@20 of ALS, item-kNN and
+`recsys fidelity` adds the learnability figures (held-out MAP@20 of ALS, item-kNN and
 most popular) through the project's one scoring routine, `recsys.metrics.evaluate_recs`.
 The tests of `generate` use the same functions at a smaller scale.
 

@@ -37,7 +37,7 @@ instead of a Python loop per event:
 The row count is exactly `interactions`; rows are sorted by timestamp (ties in generation
 order). At 100k users and 800k rows every figure of the reference's fidelity table is matched (event
 mix, users active, items per user, co-occurrence spread, M/F clique overlap, funnel and
-confidence shapes, held-out MAP of ALS, item-kNN and most popular): `scripts/fidelity.py`
+confidence shapes, held-out MAP of ALS, item-kNN and most popular): `recsys fidelity`
 prints them, `tests/test_generate.py` checks what holds at 20k users.
 
 With `generate.source: files` the stage imports your own logs instead (`recsys.events`).

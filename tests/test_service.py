@@ -1,4 +1,4 @@
-"""The HTTP service, driven over real HTTP: `python -m recsys.service` on a free port."""
+"""The HTTP service, driven over real HTTP: `recsys serve` on a free port."""
 
 from __future__ import annotations
 
