@@ -35,10 +35,10 @@ repro: setup
 # Usually about 3 minutes on 2 cores (pytest -n auto: one worker per core).
 test: setup
 	@echo "==> pytest on $(WORKERS) workers (usually about 3 minutes on 2 cores)"
-	python -m pytest -n $(WORKERS)
+	python -m pytest -n $(WORKERS) --dist worksteal
 
 test-all: setup
-	python -m pytest -n $(WORKERS) -m "slow or not slow"
+	python -m pytest -n $(WORKERS) --dist worksteal -m "slow or not slow"
 
 docs: setup
 	mkdocs serve -a 127.0.0.1:8001

@@ -20,14 +20,13 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import make_repo_copy, run, tool_env
+from tests.conftest import make_repo_copy, recsys, run, tool_env
 from tests.s3_server import S3Server, s3_dev
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.s3, pytest.mark.dvc]
 
 ROOT = Path(__file__).resolve().parents[1]
-S3_DEV = ROOT / "scripts" / "s3-dev"
 # Tiny but complete: every stage does real work in a second or two.
 TINY_PARAMS: dict[str, dict] = {
     "generate": {"users": 300, "interactions": 3000},
@@ -263,7 +262,7 @@ def test_s3_dev_script_starts_points_the_remote_and_stops(
     bucket = urlparse(dvc(repo, "remote", "list", env=env).stdout.split()[1]).netloc
 
     def s3dev(*args: str) -> subprocess.CompletedProcess[str]:
-        return run([str(S3_DEV), *args], repo, check=False, env=env)
+        return recsys("s3-dev", *args, cwd=repo, env=env)
 
     def local_remote() -> dict[str, str]:
         lines = (repo / ".dvc" / "config.local").read_text().splitlines()
