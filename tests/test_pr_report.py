@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from recsys.bootstrap import interval
+from recsys.commands.report import NOISE_CHECKED, Row, headline_rank, render_report
 from tests.conftest import recsys, run
 
 pytestmark = pytest.mark.dvc
@@ -273,3 +274,20 @@ def test_compare_refuses_a_missing_folder_in_one_line(noise_repo: Path, tmp_path
     bad_repo = recsys("compare", "base", "resplit", "--repo", str(gone), cwd=tmp_path)
     assert bad_repo.returncode == 2
     assert bad_repo.stderr == f"error: --repo {gone}: no such directory\n"
+
+
+def test_what_users_are_served_stands_next_to_the_model_metric() -> None:
+    """`served.map_at_k` (the model plus the cold-start path) is a headline too: bold, kept in
+    view when unchanged, and checked against noise like `map_at_k`."""
+    rows = [
+        Row("metrics/metrics.json", "recall_at_k", 0.3, 0.3),
+        Row("metrics/metrics.json", "served.map_at_k", 0.15, 0.15),
+        Row("metrics/metrics.json", "map_at_k", 0.14, 0.145),
+    ]
+    rows = sorted(rows, key=lambda row: headline_rank(row.name))
+    assert [row.name for row in rows] == ["map_at_k", "served.map_at_k", "recall_at_k"]
+    text = render_report("base", "new", rows, [])
+    shown = text.split("<details>")[0]
+    assert "| **map_at_k** |" in shown and "| **served.map_at_k** |" in shown
+    assert "recall_at_k" not in shown
+    assert NOISE_CHECKED["served.map_at_k"] == "served_ap"

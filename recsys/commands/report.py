@@ -35,11 +35,18 @@ from recsys.bootstrap import paired_difference, verdict
 from recsys.commands import CommandParser
 from recsys.errors import EXIT_USER_ERROR
 
-HEADLINE_METRIC = "map_at_k"
+# What a reviewer reads first: the model's MAP@K (what `dvc exp show` sorts by), then what users
+# are actually served (the model, and the cold-start path for users without history).
+HEADLINES = ("map_at_k", "served.map_at_k")
 WORKSPACE = "workspace"
 PER_USER = "data/per_user.npz"
 # metric name -> per-user array in PER_USER whose mean it is
-NOISE_CHECKED = {"map_at_k": "ap", "ndcg_at_k": "ndcg"}
+NOISE_CHECKED = {
+    "map_at_k": "ap",
+    "ndcg_at_k": "ndcg",
+    "served.map_at_k": "served_ap",
+    "served.ndcg_at_k": "served_ndcg",
+}
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
@@ -105,7 +112,7 @@ def _table(
         absolute, relative = format_change(row.old, row.new)
         if noise and row.name in noise and row.old != row.new:
             absolute = noise[row.name].cell
-        name = f"**{row.name}**" if row.name == HEADLINE_METRIC else row.name
+        name = f"**{row.name}**" if row.name in HEADLINES else row.name
         cells = ([_escape(row.path)] if with_path else []) + [
             _escape(name),
             _escape(format_value(row.old)),
@@ -248,9 +255,9 @@ def render_report(
         lines += [f"**{name}** {check.cell}: {check.method}.", ""]
     if metrics:
         with_path = len({row.path for row in metrics}) > 1
-        # map_at_k and whatever moved stay in view; the unchanged rest folds away
-        shown = [row for i, row in enumerate(metrics) if i == 0 or _changed(row)]
-        folded = [row for i, row in enumerate(metrics) if i > 0 and not _changed(row)]
+        # the headlines and whatever moved stay in view; the unchanged rest folds away
+        shown = [row for row in metrics if row.name in HEADLINES or _changed(row)]
+        folded = [row for row in metrics if row.name not in HEADLINES and not _changed(row)]
         lines += _table(shown, "Metric", with_path, noise)
         if folded:
             lines += ["", f"<details><summary>{len(folded)} unchanged metrics</summary>", ""]
@@ -369,10 +376,14 @@ def metric_rows(repo: Path, base: str, new: str) -> list[Row]:
         order = _file_order(repo, path, new) + _file_order(repo, path, base)
         rank = {name: i for i, name in reversed(list(enumerate(order)))}
         names = sorted(
-            entries, key=lambda n: (n != HEADLINE_METRIC, "." in n, rank.get(n, len(rank)), n)
+            entries, key=lambda n: (headline_rank(n), "." in n, rank.get(n, len(rank)), n)
         )
         rows += [Row(path, n, entries[n].get("old"), entries[n].get("new")) for n in names]
-    return sorted(rows, key=lambda row: row.name != HEADLINE_METRIC)
+    return sorted(rows, key=lambda row: headline_rank(row.name))
+
+
+def headline_rank(name: str) -> int:
+    return HEADLINES.index(name) if name in HEADLINES else len(HEADLINES)
 
 
 def param_rows(repo: Path, base: str, new: str) -> list[Row]:
