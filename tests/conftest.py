@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from filelock import FileLock
 
 from recsys.params import Section
 
@@ -161,12 +162,24 @@ def dvc(repo_copy: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 @pytest.fixture(scope="session")
 def reproduced_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One small copy reproduced by `dvc repro` and committed, shared by the dvc tests;
-    they work on their own copies of it (`reproduced_copy`). Returns (repo, repro output)."""
-    repo = make_repo_copy(tmp_path_factory.mktemp("template") / "repo")
-    proc = run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "reproduced"], repo)
-    return repo, proc.stdout + proc.stderr
+    they work on their own copies of it (`reproduced_copy`). Returns (repo, repro output).
+
+    Under pytest-xdist every worker would build its own; the first builds it in the run's
+    shared temp folder under a file lock and the others reuse it (it is only ever copied).
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    repo, log = shared / "template" / "repo", shared / "template" / "repro.log"
+    with FileLock(str(shared / "template.lock")):
+        if not log.is_file():
+            shutil.rmtree(repo.parent, ignore_errors=True)
+            make_repo_copy(repo)
+            proc = run(["dvc", "repro"], repo)
+            run(["git", "add", "-A"], repo)
+            run(["git", "commit", "-qm", "reproduced"], repo)
+            log.write_text(proc.stdout + proc.stderr)
+    return repo, log.read_text()
 
 
 def copy_reproduced(template: Path, dest: Path) -> Path:
