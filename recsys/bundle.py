@@ -2,7 +2,8 @@
 
 `models/bundle/` holds the model's serving copy (`model.npz`: the family's item-side arrays,
 without per-user factors), the id maps, top-N recommendations precomputed for every known
-user (training items excluded), the cold-start fallback, the item metadata a service shows
+user (training items excluded), the cold-start fallback and model (`coldstart.npz`, see
+`recsys.coldstart`), the item metadata a service shows
 next to each id (`items.npz`, when the catalogue has any) and `metadata.json` (model type,
 params, metrics, input hashes, library versions, shapes). All arrays are pickle-free `.npz`
 with fixed-width unicode ids. No timestamps anywhere: the same inputs give a byte-identical
@@ -422,7 +423,7 @@ def _load_coldstart(
     """The cold-start model and each user's group, when the bundle has them."""
     if COLDSTART_FILE not in metadata["files_md5"]:
         return None, None
-    loaded = load_npz(path / COLDSTART_FILE)
+    loaded = map_npz(path / COLDSTART_FILE)  # user_group: one int per user, shared pages
     cold = ColdStart.from_arrays(loaded, arrays["item_ids"].size)
     groups = loaded.get("user_group")
     if (
