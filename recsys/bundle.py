@@ -2,7 +2,8 @@
 
 `models/bundle/` holds the model's serving copy (`model.npz`: the family's item-side arrays,
 without per-user factors), the id maps, top-N recommendations precomputed for every known
-user (training items excluded), the cold-start fallback, the item metadata a service shows
+user (training items excluded), the cold-start fallback and model (`coldstart.npz`, see
+`recsys.coldstart`), the item metadata a service shows
 next to each id (`items.npz`, when the catalogue has any) and `metadata.json` (model type,
 params, metrics, input hashes, library versions, shapes). All arrays are pickle-free `.npz`
 with fixed-width unicode ids. No timestamps anywhere: the same inputs give a byte-identical
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.coldstart import ColdStart
 from recsys.errors import StageError
 from recsys.fallback import build_fallback
 from recsys.families import FAMILIES, Family, load_model
@@ -70,12 +72,16 @@ def build_bundle(
     params: ExportParams,
     extra_metadata: dict[str, Any],
     item_metadata: dict[str, np.ndarray] | None = None,
+    coldstart: ColdStart | None = None,
+    user_attributes: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle's files into the (empty) directory `out`; return the metadata.
 
     `model` is a fitted family (`recsys.families`); its serving copy goes in `model.npz`.
     `item_metadata` (`recsys.ids.load_item_metadata`) goes to `items.npz`, one array per
-    field aligned with `item_ids`; None or empty writes no such file.
+    field aligned with `item_ids`; None or empty writes no such file. `coldstart`
+    (`recsys.coldstart`) goes to `coldstart.npz` with each user's group from
+    `user_attributes`; its root list is then the fallback.
     """
     params.check_items(train.shape[1], "the training matrix")
     user_ids = np.asarray(user_ids, dtype=str)
@@ -87,7 +93,10 @@ def build_bundle(
     personalised = np.diff(train.indptr) > 0
     recs[~personalised] = -1
     scores[~personalised] = np.nan
-    fallback = item_ids[build_fallback(train, categories, params.fallback_size)]
+    if coldstart is None:
+        fallback = item_ids[build_fallback(train, categories, params.fallback_size)]
+    else:
+        fallback = item_ids[coldstart.lists[0]]
 
     arrays = {
         MODEL_FILE: {"family": np.array(model.type)}
@@ -102,6 +111,9 @@ def build_bundle(
     }
     if item_metadata:
         arrays[ITEMS_FILE] = _item_arrays(item_metadata, item_ids.size)
+    if coldstart is not None:
+        groups = coldstart.groups_of(user_attributes or {}, user_ids.size).astype(np.int32)
+        arrays[COLDSTART_FILE] = coldstart.arrays() | {"user_group": groups}
     files_md5 = {name: write_npz(out / name, **members) for name, members in arrays.items()}
     meta = {
         "format": BUNDLE_FORMAT,
@@ -123,6 +135,7 @@ def build_bundle(
 
 
 ITEMS_FILE = "items.npz"
+COLDSTART_FILE = "coldstart.npz"  # optional: bundles without it serve `fallback` to newcomers
 # items.npz arrays: field -> kind ("U": text, "" = unknown; "f": float64, NaN = unknown)
 ITEM_FIELDS = {"category": "U", "style": "U", "price": "f", "description": "U"}
 
@@ -161,11 +174,13 @@ class Recommendations(list[str]):
         source: str,
         known: bool,
         scores: Sequence[float] | None = None,
+        group: dict[str, str] | None = None,
     ) -> None:
         super().__init__(items)
         self.source = source
         self.known = known
         self.scores = None if scores is None else [float(x) for x in scores]
+        self.group = group  # fallback from a cold-start model: the attributes that chose it
 
     @property
     def is_fallback(self) -> bool:
@@ -186,6 +201,8 @@ class Bundle:
     model: Family
     items_meta: dict[str, np.ndarray] = field(default_factory=dict)  # items.npz, may be empty
     md5: str = ""  # md5 of metadata.json, which records every file's md5: the bundle's identity
+    coldstart: ColdStart | None = None  # coldstart.npz, when the bundle has one
+    user_group: np.ndarray | None = None  # each user's cold-start group (coldstart.npz)
     _order: np.ndarray | None = field(init=False, repr=False)
     _sorted_ids: np.ndarray = field(init=False, repr=False)
     _items: dict[str, int] = field(init=False, repr=False)
@@ -210,7 +227,8 @@ class Bundle:
     @property
     def max_n(self) -> int:
         """Largest `n` every request can be served with (precomputed top-N and fallback)."""
-        return min(self.items.shape[1], self.fallback.size)
+        cold = self.fallback.size if self.coldstart is None else self.coldstart.size
+        return min(self.items.shape[1], self.fallback.size, cold)
 
     def check_n(self, n: int) -> None:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
@@ -246,12 +264,31 @@ class Bundle:
         pos = bisect.bisect_left(self.user_ids, user_id)
         return pos if pos < self.user_ids.size and self.user_ids[pos] == user_id else None
 
-    def recommend(self, user_id: str, n: int = 10) -> Recommendations:
-        """Top-`n` item ids for `user_id`; the fallback (labelled) if it has no history."""
+    def newcomer(
+        self, n: int, attributes: dict[str, str] | None = None, row: int | None = None
+    ) -> Recommendations:
+        """The cold-start answer: the list of the group a known user's `row` (attributes from
+        the bundle) or the given `attributes` reach; the plain fallback without a model."""
+        cold = self.coldstart
+        if cold is None:
+            return Recommendations(self._fallback_list[:n], FALLBACK, known=row is not None)
+        if row is not None and self.user_group is not None:
+            group = int(self.user_group[row])
+        else:
+            group = cold.group_of(attributes or {})
+        items = self.item_ids[cold.lists[group, :n]].tolist()
+        return Recommendations(items, FALLBACK, known=row is not None, group=cold.describe(group))
+
+    def recommend(
+        self, user_id: str, n: int = 10, attributes: dict[str, str] | None = None
+    ) -> Recommendations:
+        """Top-`n` item ids for `user_id`; the cold-start list (labelled fallback) if it has
+        no history: from its attributes in the bundle, or for an unknown user the given
+        `attributes` (see `newcomer`)."""
         self.check_n(n)
         row = self.user_row(str(user_id))
         if row is None or not self.personalised[row]:
-            return Recommendations(self._fallback_list[:n], FALLBACK, known=row is not None)
+            return self.newcomer(n, attributes, row)
         top = self.items[row, :n]
         filled = top >= 0
         return Recommendations(
@@ -262,12 +299,13 @@ class Bundle:
         )
 
     def recommend_session(
-        self, item_ids: Sequence[str], n: int = 10
+        self, item_ids: Sequence[str], n: int = 10, attributes: dict[str, str] | None = None
     ) -> tuple[Recommendations, list[str]]:
         """Top-`n` items for an anonymous session from the items it used (those excluded),
         scored by the model (ALS folds the session in; similarity families sum item
         similarities; popular ranks by popularity). Also returns the ids the bundle does not
-        know, which are ignored; with no known item the answer is the fallback."""
+        know, which are ignored; with no known item the answer is the cold-start list for
+        `attributes` (`newcomer`)."""
         self.check_n(n)
         if isinstance(item_ids, str):
             raise StageError("item_ids must be a list of item ids, not one string")
@@ -280,7 +318,7 @@ class Bundle:
             elif col not in known:
                 known.append(col)
         if not known:
-            return Recommendations(self._fallback_list[:n], FALLBACK, known=False), unknown
+            return self.newcomer(n, attributes), unknown
         cols = np.asarray(known, dtype=np.int64)
         # CSR from its arrays: the (row, col) form costs more than the scoring itself
         row = sp.csr_matrix(
@@ -322,6 +360,10 @@ class Bundle:
         top = self.items[rows, :n]
         out = np.where(top >= 0, self.item_ids[np.maximum(top, 0)], "")
         out[use_fallback] = self.fallback[:n]
+        if self.coldstart is not None and self.user_group is not None:
+            known_cold = use_fallback & found
+            groups = self.user_group[rows[known_cold]]
+            out[known_cold] = self.item_ids[self.coldstart.lists[groups, :n]]
         return out, use_fallback
 
 
@@ -363,7 +405,34 @@ def load_bundle(path: Path | str = BUNDLE) -> Bundle:
         if bad:
             raise StageError(f"{path}/{ITEMS_FILE}: unexpected array {bad[0]!r}; re-run export")
     md5 = hashlib.md5((path / "metadata.json").read_bytes()).hexdigest()
-    return Bundle(metadata=metadata, model=model, items_meta=items_meta, md5=md5, **arrays)
+    coldstart, user_group = _load_coldstart(path, metadata, arrays)
+    return Bundle(
+        metadata=metadata,
+        model=model,
+        items_meta=items_meta,
+        md5=md5,
+        coldstart=coldstart,
+        user_group=user_group,
+        **arrays,
+    )
+
+
+def _load_coldstart(
+    path: Path, metadata: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> tuple[ColdStart | None, np.ndarray | None]:
+    """The cold-start model and each user's group, when the bundle has them."""
+    if COLDSTART_FILE not in metadata["files_md5"]:
+        return None, None
+    loaded = map_npz(path / COLDSTART_FILE)  # user_group: one int per user, shared pages
+    cold = ColdStart.from_arrays(loaded, arrays["item_ids"].size)
+    groups = loaded.get("user_group")
+    if (
+        groups is None
+        or groups.shape != arrays["user_ids"].shape
+        or (groups.size and (groups.min() < 0 or groups.max() >= cold.level.size))
+    ):
+        raise StageError(f"{path}/{COLDSTART_FILE}: user_group does not fit; re-run export")
+    return cold, groups
 
 
 def _item_dicts(items_meta: dict[str, np.ndarray], n_items: int) -> list[dict[str, Any]]:

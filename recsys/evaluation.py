@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsys.bootstrap import interval
+from recsys.coldstart import ColdStart
 from recsys.errors import StageError
 from recsys.families.base import Family
 from recsys.metrics import METRICS, category_share, evaluate_recs, per_user_metrics
@@ -234,8 +235,10 @@ def score_served(
     scored: dict[str, Any],
     fallback: np.ndarray,
     k: int,
+    cold_recs: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """What the bundle serves: the model, except the fallback for users with no training item.
+    """What the bundle serves: the model, except the fallback for users with no training item
+    (or, given `cold_recs`, their cold-start lists: one row per such user, in user order).
 
     The headline metrics score the model on every user with held-out pairs, as
     `implicit.evaluation` does, including users whose every pair was held out: their factors
@@ -245,9 +248,77 @@ def score_served(
     users = scored["users"]
     no_history = np.diff(train.indptr)[users] == 0
     recs = scored["model_recs"].copy()
-    recs[no_history] = top_k_excluding(fallback, train[users[no_history]], k)
+    if cold_recs is None:
+        recs[no_history] = top_k_excluding(fallback, train[users[no_history]], k)
+    else:
+        recs[no_history] = cold_recs
     out = summary(evaluate_recs(recs, test[users]), users.size)
     out["fallback_users"] = int(no_history.sum())
+    out["recs"] = recs  # popped by evaluate_model for the per-user values
+    return out
+
+
+def newcomer_recs(
+    models: dict[str, ColdStart], attributes: dict[str, np.ndarray], users: np.ndarray, k: int
+) -> dict[str, np.ndarray]:
+    """Each cold-start model's top-k for `users` (rows with no training item, so nothing
+    to exclude), from their attributes; -1 pads a list shorter than k."""
+    out = {}
+    for name, model in models.items():
+        groups = model.groups_of({c: v[users] for c, v in attributes.items()}, users.size)
+        recs = np.full((users.size, k), -1, dtype=np.int32)
+        width = min(k, model.size)
+        recs[:, :width] = model.lists[groups, :width]
+        out[name] = recs
+    return out
+
+
+def score_newcomers(
+    test: sp.csr_matrix,
+    users: np.ndarray,
+    recs: dict[str, np.ndarray],
+    served: str,
+    segments: np.ndarray | None,
+    samples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """MAP@K with 95% intervals of every candidate on users with no training item (`recs`:
+    name -> their recommendations), pooled and per segment, plus the paired difference of
+    the `served` path to most-popular (same users, same bootstrap draws)."""
+    out: dict[str, Any] = {"users": int(users.size), "served": served}
+    if users.size == 0:
+        return out
+    names = list(recs)
+    ap = np.stack([per_user_metrics(recs[n], test[users])["ap"] for n in names], axis=1)
+    diff = ap[:, names.index(served)] - ap[:, names.index("popular")]
+    out |= _newcomer_block(names, ap, diff, samples, seed)
+    if segments is not None:
+        out["segments"] = {}
+        for label in np.unique(segments[segments != ""]):  # a handful of segments
+            part = segments == label
+            block = _newcomer_block(names, ap[part], diff[part], samples, seed)
+            out["segments"][str(label)] = {"users": int(part.sum())} | block
+    return out
+
+
+def _newcomer_block(
+    names: list[str], ap: np.ndarray, diff: np.ndarray, samples: int, seed: int
+) -> dict[str, Any]:
+    low, high = interval(np.column_stack([ap, diff]), samples, seed)
+    out: dict[str, Any] = {
+        name: {
+            "map_at_k": _round(ap[:, i].mean()),
+            "map_at_k_ci_low": _round(low[i]),
+            "map_at_k_ci_high": _round(high[i]),
+            "hit_rate_at_k": _round((ap[:, i] > 0).mean()),
+        }
+        for i, name in enumerate(names)
+    }
+    out["served_vs_popular"] = {
+        "map_at_k": _round(diff.mean()),
+        "map_at_k_ci_low": _round(low[-1]),
+        "map_at_k_ci_high": _round(high[-1]),
+    }
     return out
 
 
@@ -303,12 +374,18 @@ def evaluate_model(
     segments: np.ndarray | None = None,
     personas: np.ndarray | None = None,
     categories: np.ndarray | None = None,
+    cold_start: dict[str, ColdStart] | None = None,
+    attributes: dict[str, np.ndarray] | None = None,
+    served: str = "apportioned",
 ) -> tuple[dict[str, Any], str, dict[str, np.ndarray], float]:
     """Every metric of metrics.json, the per-k CSV, the per-user values and the model's
     scoring seconds, for a model on a train/test split.
 
     `segments` and `personas` hold one label per user row (e.g. web/store, the persona);
     `categories` one per item column. Each is optional: metadata a log may not have.
+    `cold_start` (strategy name -> model, `recsys.coldstart`) with the users' `attributes`
+    scores every strategy on users with no training item (`cold_start` in the metrics) and
+    serves them the `served` one; without it they are served `fallback`.
     """
     k = params.k
     users = evaluated_users(test, params.max_users, params.sample_seed)
@@ -328,7 +405,31 @@ def evaluate_model(
     metrics["fallback"] = score_cold_start(
         train, test, scored, fallback, k, None if segments is None else segments[users]
     )
-    metrics["served"] = score_served(train, test, scored, fallback, k)
+    no_history = users[np.diff(train.indptr)[users] == 0]
+    cold_recs = None
+    if cold_start:
+        candidates = newcomer_recs(cold_start, attributes or {}, no_history, k)
+        cold_recs = candidates[served]
+        candidates["model"] = scored["model_recs"][np.diff(train.indptr)[users] == 0]
+        metrics["cold_start"] = score_newcomers(
+            test,
+            no_history,
+            candidates,
+            served,
+            None if segments is None else segments[no_history],
+            params.bootstrap_samples,
+            params.bootstrap_seed,
+        )
+    metrics["served"] = score_served(train, test, scored, fallback, k, cold_recs)
+    served_recs = metrics["served"].pop("recs")
+    served_user = per_user_metrics(served_recs, test[users])
+    low, high = interval(
+        served_user["ap"][:, None], params.bootstrap_samples, params.bootstrap_seed
+    )
+    metrics["served"]["map_at_k_ci_low"] = _round(low[0])
+    metrics["served"]["map_at_k_ci_high"] = _round(high[0])
+    per_user["served_ap"] = served_user["ap"].astype(np.float32)
+    per_user["served_ndcg"] = served_user["ndcg"].astype(np.float32)
     if personas is not None and categories is not None:
         group, item_cat, allowed = persona_codes(personas[users], categories)
         if (group >= 0).any():

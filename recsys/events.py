@@ -53,6 +53,8 @@ ITEM_COLUMNS = [
     "PROMOTED",
 ]
 USER_COLUMNS = ["USER_ID", "AGE", "GENDER", "PERSONA"]
+# The users file's other columns (SEGMENT, REGION, AGE_BAND, ...) are kept too, upper-cased
+# after these: the cold start conditions on whichever of them `coldstart.columns` names.
 DISCOUNT_VALUES = ("Yes", "No", "")
 TIMESTAMP_UNITS = ["auto", "s", "ms"]
 # 1e11 s is the year 5138 and 1e11 ms is March 1973: no real log straddles the boundary.
@@ -586,13 +588,19 @@ def import_events(cfg: ImportParams, log: Log = print) -> None:
     items = users = None
     if cfg.items_file is not None:
         items = read_catalogue(cfg.items_file, "ITEM_ID", ITEM_COLUMNS, log)
+    user_columns = USER_COLUMNS
     if cfg.users_file is not None:
-        users = read_catalogue(cfg.users_file, "USER_ID", USER_COLUMNS, log)
+        header = map_columns(cfg.users_file, read_header(cfg.users_file), ("USER_ID",))
+        extra = [c for c in header if c not in USER_COLUMNS]
+        if extra:
+            log(f"import: {cfg.users_file}: attribute columns kept: {', '.join(extra)}")
+        user_columns = USER_COLUMNS + extra
+        users = read_catalogue(cfg.users_file, "USER_ID", user_columns, log)
     items = complete_catalogue(
         items, "ITEM_ID", ITEM_COLUMNS, events.column("ITEM_ID").chunk(0), log
     )
     users = complete_catalogue(
-        users, "USER_ID", USER_COLUMNS, events.column("USER_ID").chunk(0), log
+        users, "USER_ID", user_columns, events.column("USER_ID").chunk(0), log
     )
     with atomic_outputs():  # all three are renamed only after all three were written
         for table, out in ((events, INTERACTIONS), (items, ITEMS), (users, USERS)):

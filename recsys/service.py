@@ -6,7 +6,9 @@ Endpoints (JSON in, JSON out):
 
     GET  /health                          200 with the bundle's version once loaded, 503 before
     GET  /recommendations/{user_id}?n=10  a user's precomputed top-n, or the labelled fallback
+                                          (&SEGMENT=web&...: a newcomer's cold-start attributes)
     POST /recommendations                 {"items": [ITEM_ID, ...], "n": 10}: an anonymous session
+                                          (optional "attributes": {"SEGMENT": "web", ...})
     GET  /items/{item_id}/similar?n=10    the most similar items
     GET  /metadata                        model family, params, metrics, training data hash
     POST /admin/reload                    load the bundle again (Bearer RECSYS_ADMIN_TOKEN)
@@ -47,6 +49,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from recsys.bundle import Bundle, Recommendations, load_bundle
+from recsys.coldstart import AttributeInputError, parse_attributes
 from recsys.commands import CommandParser
 from recsys.errors import StageError
 from recsys.ids import MAX_ID_LENGTH
@@ -247,9 +250,11 @@ def parse_session(body: Any, bundle: Bundle) -> tuple[list[str], int]:
             400, 'body: expected a JSON object like {"items": [...], "n": 10}', "body"
         )
     for key in body:
-        if key not in ("items", "n"):
+        if key not in ("items", "n", "attributes"):
             raise ServiceError(
-                400, f"unknown field {str(key)[:40]!r}; expected items, n", str(key)[:40]
+                400,
+                f"unknown field {str(key)[:40]!r}; expected items, n, attributes",
+                str(key)[:40],
             )
     items = body.get("items")
     if not isinstance(items, list):
@@ -272,6 +277,25 @@ def parse_session(body: Any, bundle: Bundle) -> tuple[list[str], int]:
         shown = orjson.dumps(n)[:40].decode(errors="replace")
         raise ServiceError(400, f"n = {shown}; expected an integer in [1, {bundle.max_n}]", "n")
     return items, n
+
+
+def newcomer_attributes(given: Any, bundle: Bundle, prefix: str = "") -> dict[str, str]:
+    """A newcomer's attributes (query parameters or the session body's `attributes`
+    object), checked against the bundle's cold-start columns; 400 naming the field."""
+    if not isinstance(given, dict):
+        raise ServiceError(
+            400, 'attributes: expected an object like {"SEGMENT": "web"}', "attributes"
+        )
+    columns = bundle.coldstart.columns if bundle.coldstart is not None else ()
+    try:
+        return parse_attributes(given, columns, prefix)
+    except AttributeInputError as exc:
+        raise ServiceError(400, str(exc), exc.field) from None
+
+
+def cold_start_info(recs: Recommendations) -> dict[str, Any]:
+    """The `cold_start` field of an answer from the cold-start model: the group's attributes."""
+    return {} if recs.group is None else {"cold_start": {"group": recs.group}}
 
 
 def item_list(bundle: Bundle, recs: Recommendations) -> list[dict[str, Any]]:
@@ -320,10 +344,12 @@ def create_app(slot: BundleSlot, admin_token: str | None = None, load_on_startup
 
     @endpoint
     async def user_recommendations(request: Request) -> Response:
-        query = check_query(request, ("n",))
         bundle = slot.require()
+        columns = bundle.coldstart.columns if bundle.coldstart is not None else ()
+        query = check_query(request, ("n", *columns))  # attributes: for unknown users
         user_id = check_id("user_id", request.path_params["user_id"])
-        recs = bundle.recommend(user_id, parse_n(query.get("n"), bundle))
+        attributes = newcomer_attributes({k: v for k, v in query.items() if k != "n"}, bundle)
+        recs = bundle.recommend(user_id, parse_n(query.get("n"), bundle), attributes)
         return JSON(
             {
                 "user_id": user_id,
@@ -331,6 +357,7 @@ def create_app(slot: BundleSlot, admin_token: str | None = None, load_on_startup
                 "known": recs.known,
                 "items": item_list(bundle, recs),
             }
+            | cold_start_info(recs)
         )
 
     @endpoint
@@ -339,9 +366,11 @@ def create_app(slot: BundleSlot, admin_token: str | None = None, load_on_startup
         body = await read_json_body(request)
         bundle = slot.require()  # taken after the body arrived: one bundle per answer
         items, n = parse_session(body, bundle)
-        recs, unknown = bundle.recommend_session(items, n)
+        attributes = newcomer_attributes(body.get("attributes", {}), bundle, "attributes.")
+        recs, unknown = bundle.recommend_session(items, n, attributes)
         return JSON(
             {"source": recs.source, "items": item_list(bundle, recs), "unknown_items": unknown}
+            | cold_start_info(recs)
         )
 
     @endpoint

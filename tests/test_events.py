@@ -212,6 +212,21 @@ def test_metadata_files_fill_contract_columns(workdir: Path) -> None:
     assert any("COLOR" in line for line in logs)
 
 
+def test_users_file_keeps_every_attribute_column(workdir: Path) -> None:
+    """Columns beyond the contract (a segment, a region) reach data/users.csv, upper-cased
+    after the contract columns, for the cold start to condition on (issue 24)."""
+    Path("events/users_segments.csv").write_text(
+        "user_id,Segment,AGE,region\nu1,web,31,north\nu2,store,45,\n"
+    )
+    logs = run_import("events_valid.csv", users="users_segments.csv")
+    rows = read_rows(Path("data/users.csv"))
+    assert list(rows[0]) == [*USER_COLUMNS, "SEGMENT", "REGION"]
+    users = {r["USER_ID"]: r for r in rows}
+    assert users["u1"]["SEGMENT"] == "web" and users["u1"]["REGION"] == "north"
+    assert users["u2"]["REGION"] == "" and users["u3"]["SEGMENT"] == ""  # u3: log only
+    assert any("attribute columns kept: SEGMENT, REGION" in line for line in logs)
+
+
 # --------------------------------------------------------------------------- rejections
 
 

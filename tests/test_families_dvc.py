@@ -100,7 +100,7 @@ def test_the_cli_serves_a_non_als_bundle(families) -> None:
     repo, _, _ = families
     meta = json.loads((repo / "models/bundle/metadata.json").read_text())
     assert meta["model_type"] == "itemknn" and meta["params"]["model"] == {"type": "itemknn"}
-    assert set(meta["params"]) == {"model", "itemknn", "export"}
+    assert set(meta["params"]) == {"model", "itemknn", "export", "coldstart"}
     user = (repo / "data/user_ids.csv").read_text().splitlines()[1]
     items = (repo / "data/item_ids.csv").read_text().splitlines()[1:4]
     known = recommend(repo, user)
