@@ -1,5 +1,5 @@
 """Newcomers with attributes, served from the bundle's cold-start model over real HTTP
-(`python -m recsys.service` on a free port) and through the Lambda handler."""
+(`recsys serve` on a free port) and through the Lambda handler."""
 
 from __future__ import annotations
 
