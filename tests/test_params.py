@@ -9,6 +9,7 @@ import pytest
 from recsys.errors import StageError
 from recsys.families import FAMILIES, load_model_params
 from recsys.families.als import AlsParams
+from recsys.gate import GateParams
 from recsys.params import Section, load, read_params_file
 from recsys.threads import RuntimeParams
 from tests.conftest import ROOT, run
@@ -79,9 +80,11 @@ def test_threads_moved_to_runtime(tmp_path: Path) -> None:
 def test_every_section_of_the_shipped_params_is_valid() -> None:
     params = read_params_file(ROOT / "params.yaml")
     assert set(params) == {
-        "generate", "confidence", "mask", "model", "evaluate", "export", "runtime", *FAMILIES
+        "generate", "confidence", "mask", "model", "evaluate", "export", "runtime", "gate",
+        *FAMILIES,
     }  # fmt: skip
     assert load_model_params(ROOT / "params.yaml").type == "als"  # the default family
+    assert load(GateParams.from_section, "gate", ROOT / "params.yaml").stage == "prod"
     for name, family in FAMILIES.items():  # every family's section, not only the active one
         load(family.Params.from_section, name, ROOT / "params.yaml")
 
