@@ -131,7 +131,7 @@ def rehearse(work: Path, endpoint: str, s3: ModuleType, args: argparse.Namespace
     client.put_object(Bucket=bucket, Key=f"daily/{names[-1]}", Body=days[names[-1]])
     print(f"rehearsal: day 2: {names[-1]} landed in s3://{bucket}/daily/; make retrain", flush=True)
     sh("make retrain", repo, env)
-    print(sh("gto show recsys-bundle", repo, env), flush=True)
+    sh("gto show recsys-bundle", repo, env)
 
 
 def main(argv: list[str] | None = None) -> int:
