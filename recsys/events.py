@@ -88,7 +88,8 @@ class ImportParams:
         if paths["interactions_file"] is None:
             raise StageError(
                 "params.yaml: generate.interactions_file is empty; expected the path of your "
-                f"event log (.csv or .csv.gz) inside {EVENTS_DIR}/"
+                "event log (.csv, .csv.gz or .parquet, or a folder or glob of them) inside "
+                f"{EVENTS_DIR}/"
             )
         return cls(
             interactions_file=paths["interactions_file"],
