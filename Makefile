@@ -74,3 +74,24 @@ bench-service: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# One retraining cycle, the steps of .github/workflows/retrain.yml (tests/test_retrain_loop.py
+# checks they are the same commands): new daily events from S3, reproduce, publish, then the
+# champion/challenger gate promotes with GTO only when params.yaml's `gate:` rule holds
+# (exit 3 = champion kept, not a failure). Needs events/daily.dvc (docs/retrain-loop.md),
+# the DVC remote's credentials and a git remote `origin` to push to.
+.PHONY: retrain
+retrain:
+	dvc update events/daily.dvc
+	dvc repro
+	git add dvc.lock metrics events/daily.dvc
+	git diff --cached --quiet || git commit -qm "retrain: new events"
+	dvc push
+	python -m recsys.gate --promote --summary "$${GITHUB_STEP_SUMMARY:-.dvc/tmp/gate.md}" || test $$? -eq 3
+	git push -q origin HEAD --tags
+
+# The retraining loop rehearsed on this machine in one command: local S3 server, a temporary
+# clone of HEAD, synthetic daily files, `make retrain` for day 1 and again for day 2.
+.PHONY: rehearse
+rehearse: setup
+	python scripts/rehearse_loop.py

@@ -60,6 +60,8 @@ TIMESTAMP_UNITS = ["auto", "s", "ms"]
 # 1e11 s is the year 5138 and 1e11 ms is March 1973: no real log straddles the boundary.
 MS_THRESHOLD = 10**11
 MS_LIMIT = 10**14  # above this even milliseconds are past the year 5138 (microseconds?)
+CSV_SUFFIXES = (".csv", ".csv.gz")
+LOG_SUFFIXES = (*CSV_SUFFIXES, ".parquet")  # what a folder or glob of daily files may hold
 _GZIP_MAGIC = b"\x1f\x8b"
 # Reading is bounded, so a hostile file is refused early instead of read for minutes:
 MAX_HEADER_BYTES = 64 * 1024  # line 1 (and below Python csv's 128 KiB field limit)
@@ -88,7 +90,8 @@ class ImportParams:
         if paths["interactions_file"] is None:
             raise StageError(
                 "params.yaml: generate.interactions_file is empty; expected the path of your "
-                f"event log (.csv or .csv.gz) inside {EVENTS_DIR}/"
+                "event log (.csv, .csv.gz or .parquet, or a folder or glob of them) inside "
+                f"{EVENTS_DIR}/"
             )
         return cls(
             interactions_file=paths["interactions_file"],
@@ -122,9 +125,16 @@ def _events_path(s: Section, key: str) -> Path | None:
             f"params.yaml: generate.{key} = {value!r}; expected a path inside {EVENTS_DIR}/ "
             f"(e.g. {EVENTS_DIR}/interactions.csv.gz), which dvc.yaml tracks"
         )
-    if not (value.endswith(".csv") or value.endswith(".csv.gz")):
-        raise StageError(f"params.yaml: generate.{key} = {value!r}; expected a .csv or .csv.gz")
     path = Path(*posix.parts)
+    many = key == "interactions_file" and (_is_glob(value) or path.is_dir())
+    suffixes = LOG_SUFFIXES if key == "interactions_file" else CSV_SUFFIXES
+    if not many and not value.endswith(suffixes):
+        what = (
+            "a .csv, .csv.gz or .parquet file, a folder or a glob"
+            if key == "interactions_file"
+            else "a .csv or .csv.gz"
+        )
+        raise StageError(f"params.yaml: generate.{key} = {value!r}; expected {what}")
     # DVC follows links when it hashes events/; one into the repository (DVC's own
     # symlink cache after `dvc add`) is tracked, one out of it is not.
     if path.exists() and not path.resolve().is_relative_to(Path.cwd().resolve()):
@@ -136,6 +146,49 @@ def _events_path(s: Section, key: str) -> Path | None:
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def _is_glob(value: str) -> bool:
+    return any(c in value for c in "*?[")
+
+
+def _loc(path: Path, row: int) -> str:
+    """Where row `row` (0-based, -1 = the header) of an input is: a CSV's 1-based line
+    (header = line 1), or a Parquet file's 1-based row (its column names for -1)."""
+    if path.name.endswith(".parquet"):
+        return "schema" if row < 0 else f"row {row + 1}"
+    return f"line {row + 2}"
+
+
+def interaction_files(spec: Path) -> list[Path]:
+    """The files `generate.interactions_file` names, in the order they are read.
+
+    A file is itself; a folder means every .csv, .csv.gz and .parquet file directly in it
+    (dot files skipped, anything else refused); a glob (`events/daily/*.csv.gz`) the files
+    it matches. Order is by path, compared as text, so daily files named by date
+    (2024-06-01.csv.gz, ...) are read oldest first and the same folder always gives the
+    same `data/interactions.csv`, whatever order the filesystem lists them in.
+    """
+    text = spec.as_posix()
+    if _is_glob(text):
+        found = [p for p in Path().glob(text) if not p.is_dir()]
+        if not found:
+            raise StageError(f"params.yaml: generate.interactions_file = {text!r} matches no file")
+    elif spec.is_dir():
+        found = [p for p in spec.iterdir() if not p.name.startswith(".")]
+        odd = sorted(p.as_posix() for p in found if not p.name.endswith(LOG_SUFFIXES))
+        if odd:
+            raise StageError(
+                f"{odd[0]}: not an event file; expected only .csv, .csv.gz or .parquet files "
+                f"in {text}/"
+            )
+        if not found:
+            raise StageError(
+                f"{text}: empty folder; expected daily .csv, .csv.gz or .parquet files"
+            )
+    else:
+        return [spec]
+    return sorted(found, key=lambda p: p.as_posix())
 
 
 def _check_regular(path: Path) -> None:
@@ -259,14 +312,16 @@ def map_columns(path: Path, header: list[str], required: tuple[str, ...]) -> dic
     for raw in header:
         name = raw.strip().upper()
         if not name:
-            raise StageError(f"{path}: line 1: a column has no name; expected a header name")
+            raise StageError(f"{path}: {_loc(path, -1)}: a column has no name; expected a name")
         if name in mapping:
-            raise StageError(f"{path}: line 1: column {name} appears twice; expected it once")
+            raise StageError(
+                f"{path}: {_loc(path, -1)}: column {name} appears twice; expected it once"
+            )
         mapping[name] = raw
     missing = [c for c in required if c not in mapping]
     if missing:
         raise StageError(
-            f"{path}: line 1: missing column {missing[0]}; expected columns "
+            f"{path}: {_loc(path, -1)}: missing column {missing[0]}; expected columns "
             f"{', '.join(required)} (any order, any case)"
         )
     return mapping
@@ -337,7 +392,7 @@ def _raise_non_integer(path: Path, name: str, values: pa.ChunkedArray) -> None:
 def _bad_integer(path: Path, row: int, name: str, raw: str) -> StageError:
     what = "is empty" if not raw.strip() else f"= {raw!r}"
     return StageError(
-        f"{path}: line {row + 2}: {name.strip().upper()} {what}; expected an integer "
+        f"{path}: {_loc(path, row)}: {name.strip().upper()} {what}; expected an integer "
         "(whole epoch seconds or milliseconds)"
     )
 
@@ -368,7 +423,7 @@ def _check_ids(path: Path, name: str, ids: pa.DictionaryArray) -> None:
         if bad.any():
             row = int(np.flatnonzero(bad[ids.indices.to_numpy()])[0])
             raise StageError(
-                f"{path}: line {row + 2}: {name} = {ids[row].as_py()!r}; expected {expected}"
+                f"{path}: {_loc(path, row)}: {name} = {ids[row].as_py()!r}; expected {expected}"
             )
 
 
@@ -381,12 +436,14 @@ def to_seconds(path: Path, ts: np.ndarray, unit: str, log: Log) -> np.ndarray:
     negative = ts < 0
     if negative.any():
         row = _first_row(negative)
-        raise StageError(f"{path}: line {row + 2}: TIMESTAMP = {ts[row]}; expected epoch time >= 0")
+        raise StageError(
+            f"{path}: {_loc(path, row)}: TIMESTAMP = {ts[row]}; expected epoch time >= 0"
+        )
     too_big = ts >= MS_LIMIT
     if too_big.any():
         row = _first_row(too_big)
         raise StageError(
-            f"{path}: line {row + 2}: TIMESTAMP = {ts[row]}; expected epoch seconds or "
+            f"{path}: {_loc(path, row)}: TIMESTAMP = {ts[row]}; expected epoch seconds or "
             "milliseconds (this is past the year 5000 even in milliseconds)"
         )
     in_ms = ts >= MS_THRESHOLD
@@ -394,7 +451,7 @@ def to_seconds(path: Path, ts: np.ndarray, unit: str, log: Log) -> np.ndarray:
         if in_ms.any():
             row = _first_row(in_ms)
             raise StageError(
-                f"{path}: line {row + 2}: TIMESTAMP = {ts[row]} looks like milliseconds; "
+                f"{path}: {_loc(path, row)}: TIMESTAMP = {ts[row]} looks like milliseconds; "
                 "expected epoch seconds (generate.timestamp_unit: s; use ms or auto to convert)"
             )
         return ts
@@ -402,7 +459,7 @@ def to_seconds(path: Path, ts: np.ndarray, unit: str, log: Log) -> np.ndarray:
         if (~in_ms).any():
             row = _first_row(~in_ms)
             raise StageError(
-                f"{path}: line {row + 2}: TIMESTAMP = {ts[row]} looks like seconds; expected "
+                f"{path}: {_loc(path, row)}: TIMESTAMP = {ts[row]} looks like seconds; expected "
                 "epoch milliseconds (generate.timestamp_unit: ms; use s or auto)"
             )
         log("import: TIMESTAMP converted from milliseconds to epoch seconds")
@@ -412,8 +469,8 @@ def to_seconds(path: Path, ts: np.ndarray, unit: str, log: Log) -> np.ndarray:
     if not in_ms.all():
         ms_row, s_row = _first_row(in_ms), _first_row(~in_ms)
         raise StageError(
-            f"{path}: line {s_row + 2}: TIMESTAMP = {ts[s_row]} looks like seconds but line "
-            f"{ms_row + 2} holds milliseconds ({ts[ms_row]}); expected one unit throughout"
+            f"{path}: {_loc(path, s_row)}: TIMESTAMP = {ts[s_row]} looks like seconds but "
+            f"{_loc(path, ms_row)} holds milliseconds ({ts[ms_row]}); expected one unit throughout"
         )
     log("import: TIMESTAMP detected as milliseconds (auto); converted to epoch seconds")
     return ts // 1000
@@ -426,15 +483,19 @@ def read_interactions(path: Path, unit: str = "auto", log: Log = print) -> pa.Ta
     so peak memory stays near 90 bytes a row (scripts/bench_import.py) instead of the
     several hundred that Python string objects would take.
     """
-    header = read_header(path)
-    names = map_columns(path, header, REQUIRED)
-    ids = pa.dictionary(pa.int32(), pa.string())
-    types = {names[c]: ids for c in ("ITEM_ID", "USER_ID", "EVENT_TYPE")}
-    types[names["TIMESTAMP"]] = pa.int64()
-    if "DISCOUNT" in names:
-        types[names["DISCOUNT"]] = ids
+    if path.name.endswith(".parquet"):
+        names, table = _read_parquet(path)
+        header: list[str] = []
+    else:
+        header = read_header(path)
+        names = map_columns(path, header, REQUIRED)
+        ids = pa.dictionary(pa.int32(), pa.string())
+        types = {names[c]: ids for c in ("ITEM_ID", "USER_ID", "EVENT_TYPE")}
+        types[names["TIMESTAMP"]] = pa.int64()
+        if "DISCOUNT" in names:
+            types[names["DISCOUNT"]] = ids
+        table = _read_table(path, types, header)
     ignored = [names[c] for c in names if c not in INTERACTION_COLUMNS]
-    table = _read_table(path, types, header)
     if table.num_rows == 0:
         raise StageError(f"{path}: header only, no data rows; expected at least one event")
     table = table.unify_dictionaries().combine_chunks()
@@ -457,7 +518,7 @@ def read_interactions(path: Path, unit: str = "auto", log: Log = print) -> pa.Ta
         if bad.any():
             row = _first_row(bad)
             raise StageError(
-                f"{path}: line {row + 2}: DISCOUNT = {discount[row].as_py()!r}; "
+                f"{path}: {_loc(path, row)}: DISCOUNT = {discount[row].as_py()!r}; "
                 "expected Yes, No or empty"
             )
     else:
@@ -484,6 +545,59 @@ def read_interactions(path: Path, unit: str = "auto", log: Log = print) -> pa.Ta
     if ignored:
         log(f"import: columns not used: {', '.join(ignored)}")
     return out
+
+
+def read_all_interactions(spec: Path, unit: str = "auto", log: Log = print) -> pa.Table:
+    """Every file `spec` names (`interaction_files`), each validated on its own so an error
+    names its file and line, concatenated in that order into one table."""
+    files = interaction_files(spec)
+    tables = [read_interactions(path, unit, log) for path in files]
+    if len(tables) == 1:
+        return tables[0]
+    table = pa.concat_tables(tables).unify_dictionaries().combine_chunks()
+    log(f"import: {len(files)} files, {table.num_rows:,} events in all, read in name order")
+    return table
+
+
+def _read_parquet(path: Path) -> tuple[dict[str, str], pa.Table]:
+    """(column map, table) of a Parquet log in the layout `_read_table` gives a CSV: ids
+    and DISCOUNT dictionary-encoded text, TIMESTAMP int64 (a Parquet timestamp column is
+    taken as epoch seconds); a null id or a non-text id column is refused, naming it."""
+    import pyarrow.parquet as pq
+
+    _check_regular(path)
+    try:
+        schema = pq.read_schema(path)
+        names = map_columns(path, list(schema.names), REQUIRED)
+        wanted = [names[c] for c in (*REQUIRED, "DISCOUNT") if c in names]
+        table = pq.read_table(path, columns=wanted)
+    except (OSError, pa.ArrowException) as exc:
+        raise StageError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+    columns = {}
+    for name in wanted:
+        column = table.column(name).combine_chunks()
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        if name == names["TIMESTAMP"]:
+            if pa.types.is_timestamp(column.type):
+                column = pc.cast(column, pa.timestamp("s")).cast(pa.int64())
+            elif not pa.types.is_integer(column.type):
+                raise StageError(
+                    f"{path}: column {name} is {column.type}; expected integer epoch seconds "
+                    "or milliseconds, or a timestamp"
+                )
+            if column.null_count:
+                row = _first_row(column.is_null().to_numpy(zero_copy_only=False))
+                raise _bad_integer(path, row, name, "")
+            columns[name] = column.cast(pa.int64())
+            continue
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise StageError(f"{path}: column {name} is {column.type}; expected text")
+        if column.null_count:
+            row = _first_row(column.is_null().to_numpy(zero_copy_only=False))
+            raise StageError(f"{path}: {_loc(path, row)}: {name} is null; expected a value")
+        columns[name] = column.cast(pa.string()).dictionary_encode()
+    return names, pa.table(columns)
 
 
 def _distinct(ids: pa.DictionaryArray) -> int:
@@ -584,7 +698,7 @@ def _empty(n: int) -> pa.DictionaryArray:
 
 def import_events(cfg: ImportParams, log: Log = print) -> None:
     """Validate every input first, then replace the three outputs together."""
-    events = read_interactions(cfg.interactions_file, cfg.timestamp_unit, log)
+    events = read_all_interactions(cfg.interactions_file, cfg.timestamp_unit, log)
     items = users = None
     if cfg.items_file is not None:
         items = read_catalogue(cfg.items_file, "ITEM_ID", ITEM_COLUMNS, log)

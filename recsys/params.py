@@ -152,6 +152,10 @@ class Section:
             raise self._fail(key, value, "a string" if empty else "a non-empty string")
         return value
 
+    def raw(self, key: str, default: Any = _REQUIRED) -> Any:
+        """The value as YAML gave it, for a key whose type the caller checks (a union)."""
+        return self._get(key, default)
+
     def mapping(self, key: str, default: Any = _REQUIRED) -> dict[str, Any]:
         value = self._get(key, default)
         if not isinstance(value, dict) or not value:

@@ -18,6 +18,7 @@ USER_IDS = Path("data/user_ids.csv")
 ITEM_IDS = Path("data/item_ids.csv")
 TRAIN = Path("data/train.npz")
 TEST = Path("data/test.npz")
+SPLIT_JSON = Path("metrics/split.json")  # what the mask holds out and what it leaves out
 MODEL = Path("models/als.npz")  # the default family's model (model_file("als"))
 PER_USER = Path("data/per_user.npz")  # evaluate's per-user AP and NDCG (DVC-tracked)
 TRAIN_LOSS = Path("metrics/train_loss.csv")

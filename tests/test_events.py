@@ -360,7 +360,7 @@ def test_params_validation() -> None:
         ({"interactions_file": "events/../log.csv"}, "expected a path inside events/"),
         ({"interactions_file": "log.csv"}, "expected a path inside events/"),
         ({"interactions_file": "own/log.csv"}, "expected a path inside events/"),
-        ({"interactions_file": "events/log.parquet"}, "expected a .csv or .csv.gz"),
+        ({"interactions_file": "events/log.txt"}, "expected a .csv, .csv.gz or .parquet file"),
         ({"interactions_file": "a.csv", "timestamp_unit": "us"}, "one of auto, s, ms"),
         ({"interactions_file": "events/log.csv", "source": "x"}, "unknown param generate.source"),
     ]

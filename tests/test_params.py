@@ -10,6 +10,7 @@ from recsys.coldstart import ColdStartParams
 from recsys.errors import StageError
 from recsys.families import FAMILIES, load_model_params
 from recsys.families.als import AlsParams
+from recsys.gate import GateParams
 from recsys.params import Section, load, read_params_file
 from recsys.threads import RuntimeParams
 from tests.conftest import ROOT, run
@@ -81,11 +82,12 @@ def test_every_section_of_the_shipped_params_is_valid() -> None:
     params = read_params_file(ROOT / "params.yaml")
     assert set(params) == {
         "generate", "confidence", "mask", "model", "evaluate", "export", "coldstart", "runtime",
-        *FAMILIES,
+        "gate", *FAMILIES,
     }  # fmt: skip
     assert load_model_params(ROOT / "params.yaml").type == "als"  # the default family
     cold = load(ColdStartParams.from_section, "coldstart", ROOT / "params.yaml")
     assert cold.strategy == "attributes"  # chosen by measurement: docs/cold-start.md
+    assert load(GateParams.from_section, "gate", ROOT / "params.yaml").stage == "prod"
     for name, family in FAMILIES.items():  # every family's section, not only the active one
         load(family.Params.from_section, name, ROOT / "params.yaml")
 
