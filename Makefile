@@ -87,7 +87,7 @@ retrain:
 	git add dvc.lock metrics events/daily.dvc
 	git diff --cached --quiet || git commit -qm "retrain: new events"
 	dvc push
-	python -m recsys.gate --promote --summary "$${GITHUB_STEP_SUMMARY:-.dvc/tmp/gate.md}" || test $$? -eq 3
+	recsys gate --promote --summary "$${GITHUB_STEP_SUMMARY:-.dvc/tmp/gate.md}" || test $$? -eq 3
 	git push -q origin HEAD --tags
 
 # The retraining loop rehearsed on this machine in one command: local S3 server, a temporary

@@ -5,7 +5,7 @@ SIGHUP or POST /admin/reload, verifying it first and never failing a request (se
 `recsys.service`). This module makes that folder follow the registry: point the service at
 `DIR/current`, a symbolic link, and run
 
-    python -m recsys.follow --repo GIT_URL --serving DIR [--reload URL | --pid PID]
+    recsys follow --repo GIT_URL --serving DIR [--reload URL | --pid PID]
                             [--interval SECONDS | --once]
 
 Each poll asks GTO which version `prod` points at (`gto show recsys-bundle#prod`); a new
@@ -32,9 +32,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from recsys.bundle import load_bundle
+from recsys.commands import CommandParser
 from recsys.errors import EXIT_USER_ERROR, StageError
 from recsys.gate import fetch_champion, prod_version
 
@@ -126,16 +126,8 @@ def poll_once(args: argparse.Namespace) -> int:
     return EXIT_SWITCHED
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one `error:` line (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"error: {message} (see --help)\n")
-
-
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(
-        prog="recsys follow",
+    parser = CommandParser(
         description="Keep SERVING/current on the registry's prod version and make the "
         "service reload it. Exit (--once) 0: switched, 3: already current, 2: error.",
     )

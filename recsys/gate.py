@@ -18,7 +18,7 @@ without `--promote`), 3 champion kept, 2 error. With a global time split (`mask.
 global_time`, cutoff after the champion's data) the held-out pairs are ones neither model
 trained on; with a random split the champion may have trained on some, and the gate says so.
 
-    python -m recsys.gate [--champion DIR | --repo URL] [--challenger DIR] [--promote]
+    recsys gate [--champion DIR | --repo URL] [--challenger DIR] [--promote]
                           [--json PATH] [--summary PATH]
 """
 
@@ -31,13 +31,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from recsys.bootstrap import paired_difference, verdict
 from recsys.bundle import Bundle, load_bundle
+from recsys.commands import CommandParser
 from recsys.errors import EXIT_USER_ERROR, StageError
 from recsys.evaluation import EvaluateParams
 from recsys.ids import load_ids
@@ -246,16 +247,8 @@ def markdown(lines: list[str], decision: str) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one `error:` line (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"error: {message} (see --help)\n")
-
-
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(
-        prog="recsys gate",
+    parser = CommandParser(
         description="Score the production bundle (champion) and the new one (challenger) on "
         "the same held-out pairs, print the paired bootstrap verdict for MAP@K and NDCG@K, "
         "and promote the challenger with GTO when the gate rule in params.yaml holds. "

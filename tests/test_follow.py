@@ -1,4 +1,4 @@
-"""The service follows prod: `python -m recsys.follow` keeps SERVING/current on the
+"""The service follows prod: `recsys follow` keeps SERVING/current on the
 registry's prod version (GTO tags, data by `dvc artifacts get` from the DVC remote) and
 makes a running service reload it, with zero failed requests meanwhile."""
 
@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from recsys.bundle import load_bundle
-from tests.conftest import ROOT, run, set_params, tool_env
+from tests.conftest import RECSYS, ROOT, run, set_params, tool_env
 from tests.served import serve
 
 pytestmark = pytest.mark.dvc
@@ -27,7 +26,7 @@ def follow(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess
     if token:
         env["RECSYS_ADMIN_TOKEN"] = token
     return subprocess.run(
-        [sys.executable, "-m", "recsys.follow", *args],
+        [RECSYS, "follow", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 

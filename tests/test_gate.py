@@ -1,4 +1,4 @@
-"""The champion/challenger gate (`python -m recsys.gate`, `recsys gate`): both bundles
+"""The champion/challenger gate (`recsys gate`): both bundles
 scored on the same held-out pairs, a paired bootstrap verdict, GTO promotion by the rule.
 
 Real bundles from real `dvc repro` runs (ALS at 3 and at 1 iteration, EASE, a smaller
@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,15 @@ import pytest
 from recsys.bundle import load_bundle
 from recsys.ids import load_ids
 from recsys.io import load_csr
-from tests.conftest import ROOT, copy_reproduced, make_repo_copy, run, set_params
+from tests.conftest import RECSYS, ROOT, copy_reproduced, make_repo_copy, run, set_params
 
 pytestmark = pytest.mark.dvc
 
 
 def gate(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m recsys.gate ARGS` in `repo`, as the CLI runs it."""
+    """`recsys gate ARGS` in `repo`, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "recsys.gate", *args],
+        [RECSYS, "gate", *args],
         cwd=repo,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

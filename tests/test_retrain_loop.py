@@ -2,7 +2,7 @@
 
 day 1: a bucket prefix of daily files is imported (`dvc import-url`), and the retrain cycle
 (the Makefile's `retrain` recipe, which is what .github/workflows/retrain.yml runs) reproduces,
-pushes, and the gate promotes the first model to `prod`; `recsys.follow` fetches it and a
+pushes, and the gate promotes the first model to `prod`; `recsys follow` fetches it and a
 service starts on it. day 2: a new file lands in the bucket; the same cycle updates the
 events, retrains, and the gate scores champion and challenger on the same users and promotes
 by the rule; `dvc artifacts get --stage prod` returns the promoted version, and the follower
@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from recsys.bundle import load_bundle
-from tests.conftest import ROOT, SMALL_PARAMS, make_repo_copy, run, tool_env
+from tests.conftest import RECSYS, ROOT, SMALL_PARAMS, make_repo_copy, run, tool_env
 from tests.daily_events import WEIGHTS, day_bytes, day_name
 from tests.s3_server import S3Server
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
@@ -90,7 +90,7 @@ def test_two_days_end_to_end(s3_server: S3Server, tmp_path: Path) -> None:
     )
 
     serving = tmp_path / "serving"
-    follow = ["python", "-m", "recsys.follow", "--repo", str(origin), "--serving", str(serving)]
+    follow = [RECSYS, "follow", "--repo", str(origin), "--serving", str(serving)]
     run([*follow, "--once"], ROOT, env=env)
     day1_bundle = load_bundle(serving / "current")
 

@@ -5,7 +5,8 @@
 Each command lives in its own module with a `main(argv) -> int | None`; this module only
 dispatches, importing the command it runs and nothing else, so `recsys --help` is instant.
 Exit codes are shared: 0 ok, 1 a check that failed (check-repro), 2 a user error shown as
-one `error: ...` line, 130 interrupted.
+one `error: ...` line, 3 nothing to do (gate kept the champion, follow is current, s3-dev is
+not running), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recommend": ("recsys.recommend", "recommendations from a bundle, on the command line"),
     "s3-dev": ("recsys.commands.s3_dev", "a local S3-compatible server for the DVC remote"),
     "fidelity": ("recsys.commands.fidelity", "the synthetic shop next to the reference figures"),
+    "gate": (
+        "recsys.gate",
+        "champion vs challenger on the same users; promote with GTO when the rule holds",
+    ),
+    "follow": ("recsys.follow", "keep a served folder on the registry's prod version"),
 }
 
 
