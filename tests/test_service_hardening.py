@@ -5,6 +5,8 @@ server, a traceback or an answer from files other than the ones /health reports.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import socket
@@ -217,3 +219,159 @@ def test_port_option_wins_over_the_environment(bundles: dict[str, Path], tmp_pat
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+# --------------------------------------------------------------------------- server limits
+
+
+def raw(port: int, data: bytes, wait: float = 10.0, then: bytes = b"") -> tuple[int, dict, float]:
+    """Send `data` (then `then` after 0.2 s) on a fresh connection and read until the server
+    closes it: (status, JSON body, seconds until closed). Fails if it is never closed."""
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        if data:
+            sock.sendall(data)
+        if then:
+            time.sleep(0.2)
+            with contextlib.suppress(OSError):
+                sock.sendall(then)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    elapsed = time.monotonic() - start
+    answer = b"".join(chunks)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), answer[:300]
+    return int(head.split()[1]), json.loads(body), elapsed
+
+
+@pytest.fixture(scope="module")
+def limited(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("limited") / "server.log"
+    args = ("--request-timeout", "1", "--allowed-hosts", "shop.example,*.internal,127.0.0.1")
+    with serve(bundles["a"], log, args=args) as srv:
+        yield srv
+    assert "Traceback" not in srv.output()
+
+
+def test_a_body_that_stops_is_cut_off_with_a_408(limited) -> None:
+    """Issue 20 item 5: a chunked POST whose body stops after 5 bytes was held open > 70 s."""
+    head = (
+        b"POST /recommendations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b'Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n5\r\n{"ite'
+    )
+    status, body, elapsed = raw(limited.port, head)
+    assert status == 408 and "within 1 s" in body["error"] and elapsed < 5
+
+
+@pytest.mark.parametrize(
+    "data", [b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaa", b""], ids=["half", "none"]
+)
+def test_a_half_sent_head_or_silence_is_cut_off_with_a_408(limited, data: bytes) -> None:
+    status, body, elapsed = raw(limited.port, data)
+    assert status == 408 and elapsed < 5
+
+
+def test_an_oversized_head_is_a_431_before_it_is_buffered(limited) -> None:
+    """Issue 20 item 6: a 1 MB header was answered 200; unfinished 10 MB headers grew the
+    server by 400 MB. Now the head is capped (16 KiB by default)."""
+    big = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
+    status, body, _ = raw(limited.port, big)
+    assert status == 431 and "16,384 bytes" in body["error"]
+    unfinished = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000
+    assert raw(limited.port, unfinished)[0] == 431
+    path = b"GET /recommendations/" + b"u" * 70_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    status, body, _ = raw(limited.port, path)  # httptools refuses it first, in our shape
+    assert status in (400, 431) and body["error"]
+    assert limited.get("/health").status == 200
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /recommendations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+        b"POST /recommendations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /health HTTP/9.9x\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS hello on the plain port
+    ],
+    ids=["content-length", "cl-and-te", "version", "tls"],
+)
+def test_malformed_http_gets_the_json_error_shape(limited, head: bytes) -> None:
+    """Issue 20 item 12: uvicorn answered malformed HTTP with a plain-text 400."""
+    status, body, _ = raw(limited.port, head)
+    assert status == 400 and body["error"].startswith("malformed HTTP request")
+
+
+def test_no_redirect_echoes_the_host_and_unknown_hosts_are_refused(limited) -> None:
+    """Issue 20 item 11: `GET /recommendations/` with `Host: evil.example` was a 307 to
+    http://evil.example/recommendations."""
+    for host in (b"127.0.0.1", b"shop.example"):
+        req = b"GET /recommendations/ HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+        status, body, _ = raw(limited.port, req)
+        assert status == 404 and "no such endpoint" in body["error"]
+    for host in (b"evil.example", b"shop.example.evil", b"internal", b""):
+        req = b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+        status, body, _ = raw(limited.port, req)
+        assert status == 400 and body["field"] == "host", host
+    for host in (b"shop.example:8000", b"api.internal", b"SHOP.EXAMPLE."):
+        req = b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+        assert raw(limited.port, req)[0] == 200, host
+
+
+def test_connections_over_the_limit_are_refused_then_served_again(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    """Issue 20 item 5: 20,000 half-sent heads exhausted the open files; a normal request
+    then failed with a reset and nothing logged."""
+    args = ("--max-connections", "4", "--request-timeout", "30")
+    with serve(bundles["a"], tmp_path / "server.log", args=args) as srv:
+        idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(4)]
+        try:
+            for sock in idle:
+                sock.sendall(b"GET /health HTTP/1.1\r\n")  # half a head each
+            time.sleep(0.3)
+            status, body, elapsed = raw(srv.port, b"")
+            assert status == 503 and "too many open connections" in body["error"]
+            assert elapsed < 5
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(AssertionError, OSError):
+                if srv.get("/health").status == 200:
+                    break
+            time.sleep(0.1)
+        assert srv.get("/health").status == 200
+        assert "refusing connections: 4 open, the limit is 4" in srv.output()
+    assert "Traceback" not in srv.output()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--request-timeout", "0"], "--request-timeout 0"),
+        (["--max-header-bytes", "10"], "--max-header-bytes 10"),
+        (["--max-connections", "0"], "--max-connections 0"),
+        (["--keep-alive", "-1"], "--keep-alive -1"),
+        (["--snapshot-dir", "/nonexistent/dir"], "--snapshot-dir /nonexistent/dir"),
+    ],
+)
+def test_bad_limits_are_one_line(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [RECSYS, "serve", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {message}")
