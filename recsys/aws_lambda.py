@@ -98,7 +98,9 @@ class _Container:
             from mangum import Mangum
 
             limit_threads()
-            self.slot = BundleSlot(os.environ.get(BUNDLE_ENV) or "unset")
+            # no snapshot: the image is read-only, a fetched bundle is this container's own
+            # /tmp, and nothing reloads; a copy would only double the /tmp it needs
+            self.slot = BundleSlot(os.environ.get(BUNDLE_ENV) or "unset", snapshot=False)
             base_path = os.environ.get("RECSYS_API_BASE_PATH", "").strip() or "/"
             app = create_app(self.slot, admin_token=None, load_on_startup=False)
             # lifespan off: Mangum would run it on every invocation, the bundle loads once.

@@ -15,7 +15,9 @@ Every answer is computed from one bundle reference taken when the request starts
 swap (SIGHUP or /admin/reload) never mixes two bundles in one answer and requests already
 running finish on the old one. A new bundle is loaded and verified (every file's md5) beside
 the old one, off the event loop, and replaces it in one assignment; a corrupt or incompatible
-one is refused, logged, and the old one keeps serving. Bad input is a 4xx JSON
+one is refused, logged, and the old one keeps serving. Each load copies the files into a
+private snapshot (`--snapshot-dir`, hashed while copied, unlinked once mapped), so a file
+changed on disk reaches answers only through a verified reload. Bad input is a 4xx JSON
 `{"error": ..., "field": ...}` naming the field and what was expected, never a traceback.
 
 Per request the work is small: a dict lookup and a slice for known users (precomputed

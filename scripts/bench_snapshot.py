@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,32 +63,45 @@ def child(bundle: Path, snapshot: str, users: int) -> dict[str, float]:
     return json.loads(proc.stdout)
 
 
-def per_byte(directory: Path, megabytes: int) -> tuple[float, float]:
-    """(s per GB hashing in place, s per GB copying while hashing) on a synthetic file."""
-    from recsys.bundle import _copy_verified
-    from recsys.errors import StageError
-    from recsys.io import md5sum
-
-    source = directory / ".bench-snapshot-source"
-    target = directory / ".bench-snapshot-copy"
-    block = os.urandom(1 << 20)
+BYTES_CHILD = """
+import json, os, sys, time
+from pathlib import Path
+from recsys.bundle import _copy_verified
+from recsys.io import md5sum
+directory, megabytes = Path(sys.argv[1]), int(sys.argv[2])
+source = directory / ".bench-snapshot-source"
+target = directory / ".bench-snapshot-copy"
+block = os.urandom(1 << 20)
+try:
     with source.open("wb") as fh:
         for _ in range(megabytes):
             fh.write(block)
-    try:
-        md5sum(source)  # both timings below read from the page cache
-        start = time.perf_counter()
-        digest = md5sum(source)
-        hash_s = time.perf_counter() - start
-        start = time.perf_counter()
-        try:
-            _copy_verified(source, target, digest)
-        except StageError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        copy_s = time.perf_counter() - start
-    finally:
-        source.unlink(missing_ok=True)
-        target.unlink(missing_ok=True)
+    md5sum(source)  # both timings below read from the page cache
+    start = time.perf_counter()
+    digest = md5sum(source)
+    hash_s = time.perf_counter() - start
+    start = time.perf_counter()
+    _copy_verified(source, target, digest)
+    copy_s = time.perf_counter() - start
+finally:
+    source.unlink(missing_ok=True)
+    target.unlink(missing_ok=True)
+print(json.dumps([hash_s, copy_s]))
+"""
+
+
+def per_byte(directory: Path, megabytes: int) -> tuple[float, float]:
+    """(s per GB hashing in place, s per GB copying while hashing) on a synthetic file,
+    with this tree's package (a child process, as for the loads)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", BYTES_CHILD, str(directory), str(megabytes)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    hash_s, copy_s = json.loads(proc.stdout)
     gb = megabytes / 1024
     return hash_s / gb, copy_s / gb
 
@@ -107,8 +119,10 @@ def main() -> None:
     if not args.snapshot_dir.is_dir():
         raise SystemExit(f"error: --snapshot-dir {args.snapshot_dir}: not a directory")
     files = sum(p.stat().st_size for p in args.bundle.iterdir() if p.is_file())
+    bundle = args.bundle.resolve()
+    shown = bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle
     print(
-        f"bundle {args.bundle} ({files / 2**20:.1f} MiB of files), snapshot dir "
+        f"bundle {shown} ({files / 2**20:.1f} MiB of files), snapshot dir "
         f"{args.snapshot_dir}, {args.users} random users, each load in a fresh process"
     )
     for label, snapshot in (("in place (baseline)", ""), ("snapshot", str(args.snapshot_dir))):
