@@ -19,6 +19,9 @@ a new bundle reaches Lambda as a new deployment (or a new container).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 import os
 import shutil
@@ -57,6 +60,8 @@ def fetch_bundle(
     try:
         Artifacts.get(repo, artifact, version=version, stage=stage, out=str(out), force=True)
     except DvcException as exc:
+        # a failed fetch leaves nothing behind: each retry would add one more folder
+        shutil.rmtree(out if into is not None else base, ignore_errors=True)
         where = f"version {version}" if version else f"stage {stage}"
         cause = exc.__cause__ or exc
         raise StageError(f"cannot fetch {artifact} ({where}) from {repo}: {cause}") from None
@@ -93,7 +98,9 @@ class _Container:
             from mangum import Mangum
 
             limit_threads()
-            self.slot = BundleSlot(os.environ.get(BUNDLE_ENV) or "unset")
+            # no snapshot: the image is read-only, a fetched bundle is this container's own
+            # /tmp, and nothing reloads; a copy would only double the /tmp it needs
+            self.slot = BundleSlot(os.environ.get(BUNDLE_ENV) or "unset", snapshot=False)
             base_path = os.environ.get("RECSYS_API_BASE_PATH", "").strip() or "/"
             app = create_app(self.slot, admin_token=None, load_on_startup=False)
             # lifespan off: Mangum would run it on every invocation, the bundle loads once.
@@ -114,9 +121,83 @@ class _Container:
 _CONTAINER = _Container()
 
 
+def _answer(status: int, message: str, field: str | None = None) -> dict[str, Any]:
+    """An API Gateway (payload 2.0) response carrying the service's JSON error shape."""
+    body: dict[str, Any] = {"error": message} | ({"field": field} if field else {})
+    return {
+        "statusCode": status,
+        "headers": {"content-type": "application/json"},
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def _utf8(value: Any) -> bool:
+    """A str that encodes to UTF-8 (no lone surrogates such as \\ud800)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_event(event: Any) -> tuple[str, str] | None:
+    """(what is wrong, field) for an event that is not an HTTP API payload 2.0 request the
+    app can answer; None for a good one. Mangum raises on these, and a traceback is no
+    answer: S3 or scheduled events, v1 payloads and hand-made test events get a 400."""
+    expected = "an API Gateway HTTP API event (payload format 2.0)"
+    if not isinstance(event, dict):
+        return f"event is {type(event).__name__}; expected {expected}", "event"
+    if event.get("version") != "2.0":
+        return f"event version {str(event.get('version'))[:20]!r}; expected {expected}", "version"
+    context = event.get("requestContext")
+    http = context.get("http") if isinstance(context, dict) else None
+    if not isinstance(http, dict):
+        return f"requestContext.http missing; expected {expected}", "requestContext"
+    method = http.get("method")
+    if not (_utf8(method) and method.isascii() and method.isalpha()):
+        return "requestContext.http.method: expected an HTTP method such as GET", "method"
+    path = event.get("rawPath", http.get("path"))
+    if not (_utf8(path) and path.startswith("/")):
+        return "rawPath: expected a UTF-8 path starting with /", "rawPath"
+    if not _utf8(event.get("rawQueryString", "")):
+        return "rawQueryString: expected a UTF-8 string", "rawQueryString"
+    headers = event.get("headers")
+    if not (isinstance(headers, dict) and all(_utf8(k) and _utf8(v) for k, v in headers.items())):
+        return "headers: expected an object of string names to string values", "headers"
+    cookies = event.get("cookies")
+    if cookies is not None and not (
+        isinstance(cookies, list) and all(_utf8(c) and ";" not in c for c in cookies)
+    ):
+        return "cookies: expected a list of name=value strings", "cookies"
+    body = event.get("body")
+    if body is not None and not _utf8(body):
+        return "body: expected a string (or null)", "body"
+    encoded = event.get("isBase64Encoded", False)
+    if not isinstance(encoded, bool):
+        return "isBase64Encoded: expected true or false", "isBase64Encoded"
+    if encoded and body:
+        try:
+            base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return "body: isBase64Encoded is true but the body is not base64", "body"
+    return None
+
+
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Lambda handler for API Gateway HTTP API events (payload format 2.0)."""
+    """Lambda handler for API Gateway HTTP API events (payload format 2.0). Any other event
+    is a 400 JSON answer; an unexpected failure a 500 JSON answer, logged in one line."""
     if not logging.getLogger().handlers:  # the Lambda runtime installs one; locally, stderr
         logging.basicConfig()
     log.setLevel(logging.INFO)
-    return _CONTAINER.ensure()(event, context)
+    problem = check_event(event)
+    if problem is not None:
+        log.warning("event refused: %s", problem[0])
+        return _answer(400, *problem)
+    try:
+        return _CONTAINER.ensure()(event, context)
+    except Exception as exc:  # never a traceback as the answer
+        log.error("event failed: %s: %s", type(exc).__name__, str(exc)[:200])
+        return _answer(500, "internal error; the function's log has the details")

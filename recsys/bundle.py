@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +34,7 @@ from recsys.errors import StageError
 from recsys.fallback import build_fallback
 from recsys.families import FAMILIES, Family, load_model
 from recsys.families.base import top_n_of
-from recsys.io import load_npz, map_npz, md5sum, read_json, write_json, write_npz
+from recsys.io import load_npz, map_npz, md5sum, write_json, write_npz
 from recsys.params import Section
 from recsys.paths import BUNDLE
 
@@ -367,19 +370,109 @@ class Bundle:
         return out, use_fallback
 
 
-def load_bundle(path: Path | str = BUNDLE) -> Bundle:
-    """Load and sanity-check a bundle written by the export stage (numpy only, no pickle)."""
+def load_bundle(path: Path | str = BUNDLE, snapshot_dir: Path | str | None = None) -> Bundle:
+    """Load and sanity-check a bundle written by the export stage (numpy only, no pickle).
+
+    With `snapshot_dir`, every file is first copied into a private directory made there
+    (hashed while copied, so what is checked is what is served), the copy is mapped and its
+    directory removed at once: the mapped files live on, unreachable by any path, so a
+    `cp`, `rsync` or truncation of the bundle directory can no longer reach (or crash) the
+    process that serves it. Without it, the arrays map the bundle's own files (one-shot
+    readers such as `recsys recommend`).
+    """
     path = Path(path)
     if not path.is_dir():
         raise StageError(f"{path}: no bundle directory; run the export stage (dvc repro)")
-    metadata = read_json(path / "metadata.json")  # a missing or broken file is a StageError
+    if snapshot_dir is None:
+        return _load_verified(path, _read_metadata(path))
+    private = Path(tempfile.mkdtemp(prefix=".recsys-snapshot-", dir=snapshot_dir))
+    try:
+        raw = _read_metadata(path)
+        metadata = _parse_metadata(path, raw)
+        for name in _listed_files(path, metadata):
+            _copy_verified(path / name, private / name, metadata["files_md5"][name])
+        (private / "metadata.json").write_bytes(raw)
+        bundle = _load_verified(private, raw, verified=True, shown=path)
+    except StageError as exc:  # name the user's bundle, not the private copy
+        raise StageError(str(exc).replace(str(private), str(path))) from None
+    finally:
+        shutil.rmtree(private, ignore_errors=True)  # mapped files outlive their names
+    return bundle
+
+
+def _read_metadata(path: Path) -> bytes:
+    """metadata.json's bytes, read once: parsed and hashed from the same bytes."""
+    try:
+        return (path / "metadata.json").read_bytes()
+    except FileNotFoundError:
+        raise StageError(f"{path}/metadata.json: not found; run the export stage") from None
+    except OSError as exc:
+        raise StageError(f"{path}/metadata.json: not readable ({exc})") from None
+
+
+def _parse_metadata(path: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        metadata = json.loads(raw)
+    except RecursionError:
+        raise StageError(f"{path}/metadata.json: nested too deeply to be a bundle's") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StageError(f"{path}/metadata.json: not readable JSON ({exc})") from None
+    if _depth(metadata) > MAX_METADATA_DEPTH:
+        raise StageError(
+            f"{path}/metadata.json: nested deeper than {MAX_METADATA_DEPTH} levels; "
+            "not an exported bundle's, re-run export"
+        )
     if not isinstance(metadata, dict) or metadata.get("format") != BUNDLE_FORMAT:
         raise StageError(
             f"{path}/metadata.json: unsupported bundle format "
             f"{metadata.get('format') if isinstance(metadata, dict) else None!r}; "
             f"expected {BUNDLE_FORMAT}"
         )
-    _check_files(path, metadata)
+    return metadata
+
+
+MAX_METADATA_DEPTH = 32  # export writes 4 levels; JSON encoders stop near 250
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(node, dict):
+            stack.extend((v, level + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, level + 1) for v in node)
+    return deepest
+
+
+def _copy_verified(source: Path, target: Path, expected: str) -> None:
+    """Copy `source` to `target`, hashing the bytes as they pass: a file changed or
+    truncated meanwhile gives another md5 and is refused."""
+    digest = hashlib.md5()
+    try:
+        with source.open("rb") as src, target.open("wb") as dst:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                digest.update(block)
+                dst.write(block)
+    except FileNotFoundError:
+        raise StageError(f"{source}: missing from the bundle; re-run export (dvc repro)") from None
+    if digest.hexdigest() != expected:
+        raise StageError(
+            f"{source}: corrupt (its md5 differs from metadata.json's); "
+            "restore it with dvc checkout, or re-run export"
+        )
+
+
+def _load_verified(
+    path: Path, raw: bytes, verified: bool = False, shown: Path | None = None
+) -> Bundle:
+    """The bundle in `path` whose metadata.json holds `raw`; `verified` skips the md5 check
+    of files already hashed while copied. Errors name `shown` (the bundle the user gave)."""
+    metadata = _parse_metadata(shown or path, raw)
+    if not verified:
+        _check_files(path, metadata)
     arrays: dict[str, np.ndarray] = {}
     for name, keys in _REQUIRED.items():
         loaded = map_npz(path / name)  # per-user arrays stay in the file, shared
@@ -404,7 +497,7 @@ def load_bundle(path: Path | str = BUNDLE) -> Bundle:
         ]
         if bad:
             raise StageError(f"{path}/{ITEMS_FILE}: unexpected array {bad[0]!r}; re-run export")
-    md5 = hashlib.md5((path / "metadata.json").read_bytes()).hexdigest()
+    md5 = hashlib.md5(raw).hexdigest()
     coldstart, user_group = _load_coldstart(path, metadata, arrays)
     return Bundle(
         metadata=metadata,
@@ -451,17 +544,31 @@ def _item_dicts(items_meta: dict[str, np.ndarray], n_items: int) -> list[dict[st
     ]
 
 
-def _check_files(path: Path, metadata: dict[str, Any]) -> None:
-    """Every file the export wrote, unchanged: a truncated or swapped file is refused here,
-    not discovered by a user as odd recommendations."""
+def _listed_files(path: Path, metadata: dict[str, Any]) -> list[str]:
+    """The bundle's files as metadata.json's files_md5 lists them (plain names only)."""
     recorded = metadata.get("files_md5")
     files = {*_REQUIRED, MODEL_FILE}
     if not isinstance(recorded, dict) or not files <= set(recorded):
         raise StageError(
             f"{path}/metadata.json: files_md5 must list {', '.join(sorted(files))}; re-run export"
         )
-    for name, expected in sorted(recorded.items()):
-        file = path / Path(str(name)).name
+    for name, expected in recorded.items():
+        if Path(str(name)).name != name or name in ("", ".", "..", "metadata.json"):
+            raise StageError(
+                f"{path}/metadata.json: files_md5 names {str(name)[:80]!r}; "
+                "expected plain file names"
+            )
+        if not isinstance(expected, str):
+            raise StageError(f"{path}/metadata.json: files_md5[{name!r}] is not an md5 string")
+    return sorted(recorded)
+
+
+def _check_files(path: Path, metadata: dict[str, Any]) -> None:
+    """Every file the export wrote, unchanged: a truncated or swapped file is refused here,
+    not discovered by a user as odd recommendations."""
+    recorded = metadata["files_md5"]
+    for name in _listed_files(path, metadata):
+        file, expected = path / name, recorded[name]
         if not file.is_file():
             raise StageError(f"{file}: missing from the bundle; re-run export (dvc repro)")
         if md5sum(file) != expected:

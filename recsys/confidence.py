@@ -19,7 +19,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys.errors import StageError
-from recsys.ids import MAX_ID_LENGTH, check_id_length, codes, dictionary, sorted_ids
+from recsys.ids import (
+    MAX_ID_LENGTH,
+    check_id_length,
+    codes,
+    describe_id,
+    dictionary,
+    has_control_characters,
+    sorted_ids,
+)
 from recsys.io import atomic_path
 from recsys.params import Section
 from recsys.paths import CONFIDENCE, INTERACTIONS
@@ -131,6 +139,14 @@ def load_events(path: Path | str = INTERACTIONS) -> pa.Table:
         ids = dictionary(table[column])
         if pc.max(pc.utf8_length(ids)).as_py() > MAX_ID_LENGTH:
             check_id_length(path, column, ids, codes(table[column]))
+        control = has_control_characters(ids)
+        if control.any():
+            code = int(np.flatnonzero(control)[0])
+            row = _first_row(table[column], code)
+            raise StageError(
+                f"{path}: line {row + 2}: {column} = {describe_id(ids[code].as_py())}; "
+                "expected no control characters (NUL, tab, newline, ...)"
+            )
     return table
 
 

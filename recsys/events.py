@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from recsys.errors import StageError
-from recsys.ids import check_id_length
+from recsys.ids import check_id_length, has_control_characters
 from recsys.io import atomic_outputs, write_csv
 from recsys.params import Section
 from recsys.paths import EVENTS_DIR, INTERACTIONS, ITEMS, USERS
@@ -414,11 +414,17 @@ def _dictionary(table: pa.Table, name: str) -> pa.DictionaryArray:
 
 
 def _check_ids(path: Path, name: str, ids: pa.DictionaryArray) -> None:
-    """Reject blank or space-padded ids: they would silently become different ids later."""
+    """Reject blank, space-padded or control-character ids: they would silently become
+    different ids (or one id) later."""
     values = ids.dictionary
     blank = pc.equal(pc.utf8_trim_whitespace(values), "").to_numpy(zero_copy_only=False)
     padded = pc.not_equal(pc.utf8_trim_whitespace(values), values).to_numpy(zero_copy_only=False)
-    checks = ((blank, "a non-blank value"), (padded & ~blank, "no leading/trailing spaces"))
+    control = has_control_characters(values)
+    checks = (
+        (blank, "a non-blank value"),
+        (padded & ~blank, "no leading/trailing spaces"),
+        (control, "no control characters (NUL, tab, newline, ...)"),
+    )
     for bad, expected in checks:
         if bad.any():
             row = int(np.flatnonzero(bad[ids.indices.to_numpy()])[0])

@@ -51,6 +51,25 @@ def check_id_length(path: Path | str, column: str, ids: Any, codes: np.ndarray) 
     )
 
 
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f]"
+"""Characters no id may hold (C0/C1 controls, DEL): numpy's fixed-width ids drop trailing
+NULs, so `u1` and `u1\\0` would become one id in the bundle, and a tab or newline breaks
+every line-based tool that shows ids."""
+
+
+def has_control_characters(values: pa.Array) -> np.ndarray:
+    """One flag per (distinct) id: whether it holds a control character."""
+    import pyarrow.compute as pc
+
+    found = pc.match_substring_regex(values, CONTROL_CHARACTERS)
+    return found.fill_null(False).to_numpy(zero_copy_only=False)
+
+
+def describe_id(value: str) -> str:
+    """An id shown in an error: escaped, so a NUL or newline is visible, and cut short."""
+    return repr(value[:60]) + ("..." if len(value) > 60 else "")
+
+
 # Arrow dictionary columns (ids read once per distinct value) for confidence and matrix.
 
 

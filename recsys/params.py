@@ -35,6 +35,7 @@ def read_params_file(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise StageError(f"{path}: cannot read ({exc})") from None
     try:
+        _check_shape(path, YAML(typ="safe").parse(text))
         params = YAML(typ="safe").load(text)
     except DuplicateKeyError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
@@ -50,6 +51,51 @@ def read_params_file(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise StageError(f"{path}: expected a mapping of sections at the top level")
     return params
+
+
+MAX_DEPTH = 32  # params.yaml nests 3 levels; ruamel's composer recurses per level
+MAX_NODES = 100_000  # values after expanding aliases; ours has a few hundred
+
+
+def _check_shape(path: Path, events: Any) -> None:
+    """Refuse, from the parser's event stream (no recursion, nothing built), a file nested
+    deeper than MAX_DEPTH or whose aliases expand past MAX_NODES values: a "billion laughs"
+    of nine levels of `[*b, *b, ...]` is a few lines but hangs anything that walks it."""
+    from ruamel.yaml.events import (
+        AliasEvent,
+        CollectionEndEvent,
+        CollectionStartEvent,
+        ScalarEvent,
+    )
+
+    sizes: dict[str, int] = {}  # anchor -> values it expands to
+    stack: list[tuple[str | None, int]] = [(None, 0)]  # (anchor, values so far) per level
+    for event in events:
+        line = event.start_mark.line + 1 if event.start_mark else "?"
+        if isinstance(event, CollectionStartEvent):
+            if len(stack) > MAX_DEPTH:
+                raise StageError(f"{path}: line {line}: nested deeper than {MAX_DEPTH} levels")
+            stack.append((event.anchor, 0))
+            continue
+        if isinstance(event, CollectionEndEvent):
+            anchor, size = stack.pop()
+            size += 1
+        elif isinstance(event, ScalarEvent):
+            anchor, size = event.anchor, 1
+        elif isinstance(event, AliasEvent):
+            anchor, size = None, sizes.get(event.anchor, 1)
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        parent_anchor, total = stack[-1]
+        total = min(total + size, MAX_NODES + 1)
+        stack[-1] = (parent_anchor, total)
+        if total > MAX_NODES:
+            raise StageError(
+                f"{path}: line {line}: aliases expand to over {MAX_NODES:,} values; "
+                "expected plain params (a YAML alias bomb?)"
+            )
 
 
 def _refuse_dates(values: Any, where: str) -> None:

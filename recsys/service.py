@@ -17,7 +17,9 @@ Every answer is computed from one bundle reference taken when the request starts
 swap (SIGHUP or /admin/reload) never mixes two bundles in one answer and requests already
 running finish on the old one. A new bundle is loaded and verified (every file's md5) beside
 the old one, off the event loop, and replaces it in one assignment; a corrupt or incompatible
-one is refused, logged, and the old one keeps serving. Bad input is a 4xx JSON
+one is refused, logged, and the old one keeps serving. Each load copies the files into a
+private snapshot (`--snapshot-dir`, hashed while copied, unlinked once mapped), so a file
+changed on disk reaches answers only through a verified reload. Bad input is a 4xx JSON
 `{"error": ..., "field": ...}` naming the field and what was expected, never a traceback.
 
 Per request the work is small: a dict lookup and a slice for known users (precomputed
@@ -34,12 +36,13 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.applications import Starlette
@@ -55,10 +58,15 @@ from recsys.errors import StageError
 from recsys.ids import MAX_ID_LENGTH
 from recsys.paths import BUNDLE, TRAIN
 
+if TYPE_CHECKING:
+    from recsys.http_limits import Limits
+
 log = logging.getLogger("recsys.service")
 
 BUNDLE_ENV = "BUNDLE_DIR"  # the bundle directory (default models/bundle)
 ADMIN_TOKEN_ENV = "RECSYS_ADMIN_TOKEN"  # unset or empty: /admin/reload is disabled
+SNAPSHOT_ENV = "RECSYS_SNAPSHOT_DIR"  # where loaded bundles are copied (default: temp dir)
+HOSTS_ENV = "RECSYS_ALLOWED_HOSTS"  # comma-separated Host names served (default: any)
 DEFAULT_N = 10
 MAX_BODY_BYTES = 64 * 1024  # a session body larger than this is refused (413)
 MAX_SESSION_ITEMS = 500  # items in one anonymous session
@@ -127,9 +135,18 @@ class BundleSlot:
     old reference keeps using it to the end. Reloads are serialised by a lock.
     """
 
-    def __init__(self, path: Path | str, version: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        version: str | None = None,
+        snapshot: bool = True,
+        snapshot_dir: Path | str | None = None,
+    ) -> None:
         self.path = Path(path)
         self.version_label = version  # e.g. the registry version fetched; else md5[:12]
+        # serve from a private, verified copy (load_bundle's snapshot_dir): files changed
+        # on disk reach the process only through a reload; None dir: the system temp dir
+        self.snapshot_dir = (snapshot_dir or tempfile.gettempdir()) if snapshot else None
         self.current: Loaded | None = None
         self.last_error: str | None = None
         self.loading = False
@@ -148,9 +165,9 @@ class BundleSlot:
             self.loading = True
             old = self.current
             try:
-                new = load_bundle(self.path)
+                new = load_bundle(self.path, snapshot_dir=self.snapshot_dir)
                 check_compatible(new, old.bundle if old else None)
-            except (StageError, OSError, MemoryError, ValueError) as exc:
+            except (StageError, OSError, MemoryError, ValueError, RecursionError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 keeps = f"; still serving {old.version}" if old else ""
                 log.error("%s: bundle %s refused: %s%s", reason, self.path, self.last_error, keeps)
@@ -329,9 +346,53 @@ def endpoint(func: Handler) -> Handler:
     return wrapped
 
 
-def create_app(slot: BundleSlot, admin_token: str | None = None, load_on_startup: bool = True):
+def host_allowed(host: str, allowed: Sequence[str]) -> bool:
+    """Whether the Host header's name (port dropped) matches `allowed`: exact names,
+    `*.example.com` for subdomains, `*` for any."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.lower().rstrip(".")
+    for pattern in allowed:
+        if pattern == "*" or name == pattern:
+            return True
+        if pattern.startswith("*.") and name.endswith(pattern[1:]):
+            return True
+    return False
+
+
+class HostCheck:
+    """Refuse a request whose Host header names no allowed host (400 JSON), before routing:
+    nothing the app builds (URLs, logs) can then carry a name the client chose."""
+
+    def __init__(self, app: Any, allowed: Sequence[str]) -> None:
+        self.app = app
+        self.allowed = [h.strip().lower().rstrip(".") for h in allowed if h.strip()]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = next((v for k, v in scope["headers"] if k == b"host"), b"")
+            text = host.decode("latin-1")
+            if not host_allowed(text, self.allowed):
+                response = error_response(
+                    400,
+                    f"Host {text[:80]!r} is not served here; expected one of "
+                    f"{', '.join(self.allowed)} (--allowed-hosts)",
+                    "host",
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    slot: BundleSlot,
+    admin_token: str | None = None,
+    load_on_startup: bool = True,
+    allowed_hosts: Sequence[str] = ("*",),
+):
     """The ASGI app over `slot`. With `load_on_startup` the lifespan loads the bundle in the
-    background (so /health says 503 until it is in) and SIGHUP reloads it."""
+    background (so /health says 503 until it is in) and SIGHUP reloads it. A request whose
+    Host is not in `allowed_hosts` is refused; no path is redirected (a trailing slash is a
+    404), so no answer points a client at a host it named."""
 
     @endpoint
     async def health(request: Request) -> Response:
@@ -483,36 +544,93 @@ def create_app(slot: BundleSlot, admin_token: str | None = None, load_on_startup
         Route("/metadata", metadata, methods=["GET"]),
         Route("/admin/reload", reload, methods=["POST"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: not_found},
     )
+    app.router.redirect_slashes = False  # its 307 would echo the client's Host header
+    if "*" not in allowed_hosts:  # no layer at all when any host is served
+        app.add_middleware(HostCheck, allowed=list(allowed_hosts))
+    return app
 
 
 # --------------------------------------------------------------------------- command line
 
 
+def port_number(text: str, source: str) -> int:
+    """A TCP port from `text`, or StageError naming `source` (--port or $PORT)."""
+    if not (text.strip().isascii() and text.strip().isdigit()) or not 0 < int(text) < 65536:
+        raise StageError(f"{source} = {text[:40]!r}; expected a port number 1 to 65535")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    from recsys.http_limits import Limits, guarded_protocol  # uvicorn's parser: the server only
+
     parser = CommandParser(
         description="Serve recommendations from an exported bundle over HTTP (JSON). "
         "SIGHUP or POST /admin/reload swaps in the bundle found at --bundle again.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("PORT") or 8000), help="port ($PORT or 8000)"
-    )
+    parser.add_argument("--port", help="port ($PORT or 8000); --port wins over $PORT")
     parser.add_argument(
         "--bundle",
         default=os.environ.get(BUNDLE_ENV) or str(BUNDLE),
         help=f"bundle directory (${BUNDLE_ENV} or {BUNDLE})",
     )
     parser.add_argument(
+        "--snapshot-dir",
+        default=os.environ.get(SNAPSHOT_ENV) or None,
+        help=f"where each loaded bundle's private copy is made (${SNAPSHOT_ENV} or the system "
+        "temp dir); the copy is unlinked once mapped",
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        default=os.environ.get(HOSTS_ENV) or "*",
+        help=f"comma-separated Host names served, *.example.com for subdomains (${HOSTS_ENV} or "
+        "*: any); others get 400",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=Limits.request_timeout,
+        help=f"seconds a request may take to arrive, head and body ({Limits.request_timeout:g})",
+    )
+    parser.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=Limits.max_header_bytes,
+        help=f"largest request head, request line plus headers ({Limits.max_header_bytes})",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=Limits.max_connections,
+        help=f"open connections; more are answered 503 and closed ({Limits.max_connections})",
+    )
+    parser.add_argument(
+        "--keep-alive",
+        type=float,
+        default=5.0,
+        help="seconds an idle keep-alive connection stays open (5)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     args = parser.parse_args(argv)
-    if not 0 < args.port < 65536:
-        parser.error(f"--port {args.port}; expected 1 to 65535")
+    try:
+        if args.port is not None:
+            port = port_number(args.port, "--port")
+        else:
+            port = port_number(os.environ.get("PORT") or "8000", "$PORT")
+        limits = Limits(args.request_timeout, args.max_header_bytes, args.max_connections)
+        check_limits(limits, args.keep_alive)
+        if args.snapshot_dir is not None and not os.path.isdir(args.snapshot_dir):
+            raise StageError(f"--snapshot-dir {args.snapshot_dir}: not a directory")
+    except StageError as exc:
+        parser.error(str(exc))
+    hosts = [h for h in args.allowed_hosts.split(",") if h.strip()] or ["*"]
 
     import uvicorn
 
@@ -521,8 +639,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    raise_open_files_limit(limits.max_connections)
     token = os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None
-    app = create_app(BundleSlot(args.bundle), admin_token=token)
+    slot = BundleSlot(args.bundle, snapshot_dir=args.snapshot_dir)
+    app = create_app(slot, admin_token=token, allowed_hosts=hosts)
     log.info(
         "pid %d, bundle %s; reload with kill -HUP %d%s",
         os.getpid(),
@@ -533,13 +653,47 @@ def main(argv: Sequence[str] | None = None) -> None:
     uvicorn.run(
         app,
         host=args.host,
-        port=args.port,
+        port=port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(limits),
         access_log=False,
         log_level=args.log_level,
+        timeout_keep_alive=args.keep_alive,
         timeout_graceful_shutdown=10,
     )
+
+
+def check_limits(limits: Limits, keep_alive: float) -> None:
+    """Refuse limits that would disable themselves or the server."""
+    if not 0 < limits.request_timeout <= 3600:
+        raise StageError(f"--request-timeout {limits.request_timeout:g}; expected (0, 3600] s")
+    if not 1024 <= limits.max_header_bytes <= 1 << 20:
+        raise StageError(f"--max-header-bytes {limits.max_header_bytes}; expected 1024 to 1048576")
+    if not 1 <= limits.max_connections <= 1_000_000:
+        raise StageError(f"--max-connections {limits.max_connections}; expected 1 to 1000000")
+    if not 0 < keep_alive <= 3600:
+        raise StageError(f"--keep-alive {keep_alive:g}; expected (0, 3600] s")
+
+
+def raise_open_files_limit(connections: int) -> None:
+    """Lift the soft open-files limit towards the hard one so `connections` fit, and warn
+    when they cannot: past it, accept() fails and clients see resets with nothing logged."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256  # bundle files, logs, the loop's own descriptors
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "open-files limit %d is below --max-connections %d + 256; lower --max-connections "
+            "or raise ulimit -n",
+            soft,
+            connections,
+        )
 
 
 if __name__ == "__main__":

@@ -121,8 +121,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(bundle: Path, port: int, token: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(port), "BUNDLE_DIR": str(bundle)}
+def start_server(
+    bundle: Path, port: int, token: str, log: Path, source: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """`recsys serve` with the package from `source` (this tree, or --against's)."""
+    env = {**os.environ, "PYTHONPATH": str(source), "PORT": str(port), "BUNDLE_DIR": str(bundle)}
     env["RECSYS_ADMIN_TOKEN"] = token
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -510,7 +513,20 @@ def main() -> None:
     parser.add_argument(
         "--mix", default="0.6,0.2,0.2", help="shares of known users, unknown users, sessions"
     )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="another source tree (e.g. an older commit's `git archive`): its server runs the "
+        "warm-up, steady and swap runs too, each right before this tree's, labelled before/after",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="steady runs per server, alternated (1)"
+    )
     args = parser.parse_args()
+    if not 1 <= args.rounds <= 20:
+        raise SystemExit(f"error: --rounds {args.rounds}; expected 1 to 20")
+    if args.against is not None and not (args.against / "recsys" / "service.py").is_file():
+        raise SystemExit(f"error: --against {args.against}: no recsys/service.py there")
     bundle = Path(args.bundle).resolve()
     if not (bundle / "metadata.json").is_file():
         raise SystemExit(f"error: {bundle}: no bundle; run dvc repro (or pass --bundle)")
@@ -542,6 +558,17 @@ def main() -> None:
         log = Path(tmp) / "server.log"
         server = start_server(bundle, port, token, log)
         target = Target(host, port, token, server.pid)
+        others: list[tuple[str, Target]] = [("", target)]
+        other_server = None
+        if args.against is not None:
+            other_port = free_port()
+            other_log = Path(tmp) / "against.log"
+            other_server = start_server(
+                bundle, other_port, token, other_log, args.against.resolve()
+            )
+            before = Target(host, other_port, token, other_server.pid)
+            others = [("before ", before), ("after ", target)]
+            print(f"--against {args.against}: pid {other_server.pid} on {before.base}")
         print(
             f"bundle {shown} ({len(workload.users):,} users, {len(workload.items):,} items), "
             f"server pid {server.pid} on {target.base}, {args.connections} connections, "
@@ -551,10 +578,16 @@ def main() -> None:
         )
         try:
 
-            def once(rate: float, swap: float = 0.0, client: str = "lean", seconds: float = 0):
+            def once(
+                rate: float,
+                swap: float = 0.0,
+                client: str = "lean",
+                seconds: float = 0,
+                on: Target = target,
+            ):
                 return run(
                     run_load(
-                        target,
+                        on,
                         pool,
                         rate,
                         seconds or args.seconds,
@@ -571,16 +604,20 @@ def main() -> None:
                     and result.achieved >= 0.95 * result.rate
                 )
 
-            warm_up = once(min(args.rate, 100), seconds=min(args.seconds, WARM_UP_SECONDS))
-            print(warm_up.line("warm-up"), flush=True)  # first-request costs
-            steady = once(args.rate)
-            print(steady.line("steady"), flush=True)
+            for label, on in others:
+                warm_up = once(
+                    min(args.rate, 100), seconds=min(args.seconds, WARM_UP_SECONDS), on=on
+                )
+                print(warm_up.line(f"{label}warm-up"), flush=True)  # first-request costs
+            for _ in range(args.rounds):  # alternated, so both see the same machine
+                for label, on in others:
+                    steady = once(args.rate, on=on)
+                    print(steady.line(f"{label}steady"), flush=True)
             if not args.no_baseline:
                 baseline_line(once, args.rate, min(args.seconds, BASELINE_SECONDS), steady)
-            print(
-                once(args.rate, args.swap_every).line(f"swap every {args.swap_every:g} s"),
-                flush=True,
-            )
+            for label, on in others:
+                swapped = once(args.rate, args.swap_every, on=on)
+                print(swapped.line(f"{label}swap every {args.swap_every:g} s"), flush=True)
             if not args.no_search:
                 good, bad = (args.rate, float("inf")) if ok(steady) else (0.0, args.rate)
                 for _ in range(args.search_steps):
@@ -603,6 +640,9 @@ def main() -> None:
                 for line in wrk_capacity(target, pool, Path(tmp)):
                     print(line, flush=True)
         finally:
+            if other_server is not None:
+                other_server.terminate()
+                other_server.wait(timeout=15)
             server.terminate()
             try:
                 server.wait(timeout=15)

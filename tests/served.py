@@ -160,8 +160,14 @@ class Server:
 
 
 @contextmanager
-def serve(bundle: Path, log: Path, token: str | None = None, wait: bool = True) -> Iterator[Server]:
-    """`recsys serve` on a free port, as `make serve` runs it; stopped after."""
+def serve(
+    bundle: Path,
+    log: Path,
+    token: str | None = None,
+    wait: bool = True,
+    args: tuple[str, ...] = (),
+) -> Iterator[Server]:
+    """`recsys serve [args]` on a free port, as `make serve` runs it; stopped after."""
     port = s3_dev.free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(port), "BUNDLE_DIR": str(bundle)}
     env.pop("RECSYS_ADMIN_TOKEN", None)
@@ -169,7 +175,7 @@ def serve(bundle: Path, log: Path, token: str | None = None, wait: bool = True) 
         env["RECSYS_ADMIN_TOKEN"] = token
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [RECSYS, "serve"],
+            [RECSYS, "serve", *args],
             cwd=ROOT,
             env=env,
             stdout=out,
