@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from recsys.aggregation import EngineParams
 from recsys.errors import StageError
 from recsys.families import FAMILIES, load_model_params
 from recsys.families.als import AlsParams
@@ -79,8 +80,10 @@ def test_threads_moved_to_runtime(tmp_path: Path) -> None:
 def test_every_section_of_the_shipped_params_is_valid() -> None:
     params = read_params_file(ROOT / "params.yaml")
     assert set(params) == {
-        "generate", "confidence", "mask", "model", "evaluate", "export", "runtime", *FAMILIES
+        "generate", "confidence", "engine", "mask", "model", "evaluate", "export", "runtime",
+        *FAMILIES,
     }  # fmt: skip
+    assert load(EngineParams.from_section, "engine", ROOT / "params.yaml").name == "duckdb"
     assert load_model_params(ROOT / "params.yaml").type == "als"  # the default family
     for name, family in FAMILIES.items():  # every family's section, not only the active one
         load(family.Params.from_section, name, ROOT / "params.yaml")
