@@ -16,21 +16,20 @@ so `data/confidence.parquet` is the same bytes whichever engine ran.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from recsys.confidence import Pairs, event_weights, finish
+from recsys.confidence import Pairs, event_weights, finish, load_events
 from recsys.errors import StageError
 from recsys.ids import codes, dictionary, sorted_ids
 from recsys.params import Section
+from recsys.sparksession import MASTER, MEMORY
 
 ENGINES = ["duckdb", "spark", "pyarrow"]
-# Spark's own size syntax: a number and a unit (k, m, g, t), e.g. 2g or 512m
-MEMORY = re.compile(r"^[1-9][0-9]*[kmgtKMGT]$")
-MASTER = re.compile(r"^(local(\[(\d+|\*)(,\d+)?\])?|spark://[^/\s]+|yarn|k8s://\S+)$")
 
 
 @dataclass(frozen=True)
@@ -103,53 +102,63 @@ ORDER BY USER_ID, ITEM_ID
 """
 
 
-def event_types_table(weights: dict[str, float]) -> pa.Table:
-    """The `event_types` relation: each configured type and its position K."""
-    return pa.table(
-        {"EVENT_TYPE": pa.array(list(weights), pa.string()),
-         "K": pa.array(range(len(weights)), pa.int32())}
-    )  # fmt: skip
-
-
 def aggregate_duckdb(
-    events: pa.Table, weights: dict[str, float], aggregation: str, log_epsilon: float,
+    path: Path | str, weights: dict[str, float], aggregation: str, log_epsilon: float,
     threads: int,
-) -> Pairs:  # fmt: skip
-    """Run the query with DuckDB over the checked events (`recsys.confidence.load_events`).
+) -> tuple[Pairs, int]:  # fmt: skip
+    """(pairs, events read): the query run by DuckDB over the event log at `path`, read
+    and checked line by line by `recsys.confidence.load_events`.
 
-    DuckDB scans the Arrow columns in place. Ids go in as their rank among the sorted
-    distinct ids (int32), not as text: the same order, a far smaller hash table, and the
-    text is attached once per pair by the writer.
+    Ids go in as their rank among the sorted distinct ids (int32), not as text: the same
+    order, a far smaller hash table, and the text is attached once per pair by the writer.
+    Event types go in as their position K (an int join, same query text).
+    DuckDB pulls the events as a stream of batches, each made from one chunk of the table
+    and that chunk released once read, so the input shrinks while the hash table grows.
     """
     import duckdb
 
-    event_weights(dictionary(events["EVENT_TYPE"]), weights)  # an unweighted type, by name
+    events = load_events(path)
+    n_events = events.num_rows
+    type_names = dictionary(events["EVENT_TYPE"])
+    event_weights(type_names, weights)  # an unweighted type, by name
+    position = {name: k for k, name in enumerate(weights)}
+    type_k = np.array([position[name] for name in type_names.to_pylist()], dtype=np.int32)
     users, user_rank = sorted_ids(dictionary(events["USER_ID"]))
     items, item_rank = sorted_ids(dictionary(events["ITEM_ID"]))
-    ranked = pa.table(
-        {
-            "USER_ID": pa.array(user_rank[codes(events["USER_ID"])].astype(np.int32)),
-            "ITEM_ID": pa.array(item_rank[codes(events["ITEM_ID"])].astype(np.int32)),
-            "EVENT_TYPE": events["EVENT_TYPE"],
-            "TIMESTAMP": events["TIMESTAMP"],
-        }
-    )
-    types = event_types_table(weights)
+    schema = pa.schema(
+        [("USER_ID", pa.int32()), ("ITEM_ID", pa.int32()), ("EVENT_TYPE", pa.int32()),
+         ("TIMESTAMP", pa.int64())]
+    )  # fmt: skip
+    chunks = [list(events[c].chunks) for c in ("USER_ID", "ITEM_ID", "EVENT_TYPE", "TIMESTAMP")]
+    del events
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for _ in range(len(chunks[0])):
+            user, item, event, ts = (column.pop(0) for column in chunks)
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(user_rank[user.indices.to_numpy(zero_copy_only=False)].astype(np.int32)),
+                 pa.array(item_rank[item.indices.to_numpy(zero_copy_only=False)].astype(np.int32)),
+                 pa.array(type_k[event.indices.to_numpy(zero_copy_only=False)]), ts],
+                schema=schema,
+            )  # fmt: skip
+
     con = duckdb.connect(":memory:")
     try:
         con.execute(f"SET threads = {max(1, threads)}")
         con.execute("SET preserve_insertion_order = false")
-        con.register("events", ranked)
-        con.register("event_types", types)
+        con.register("events", pa.RecordBatchReader.from_batches(schema, batches()))
+        k = pa.array(range(len(weights)), pa.int32())
+        con.register("event_types", pa.table({"EVENT_TYPE": k, "K": k}))
         out = con.execute(confidence_sql(weights)).fetchnumpy()
     finally:
         con.close()
-    del ranked
-    return finish(
-        users, items, np.asarray(out["USER_ID"], dtype=np.int32),
-        np.asarray(out["ITEM_ID"], dtype=np.int32), np.asarray(out["TOTAL"], dtype=np.float64),
-        np.asarray(out["LAST_TIMESTAMP"], dtype=np.int64), aggregation, log_epsilon,
+    pairs = finish(
+        users, items, np.asarray(out.pop("USER_ID"), dtype=np.int32),
+        np.asarray(out.pop("ITEM_ID"), dtype=np.int32),
+        np.asarray(out.pop("TOTAL"), dtype=np.float64),
+        np.asarray(out.pop("LAST_TIMESTAMP"), dtype=np.int64), aggregation, log_epsilon,
     )  # fmt: skip
+    return pairs, n_events
 
 
 def pairs_from_text(result: pa.Table, aggregation: str, log_epsilon: float) -> Pairs:

@@ -36,8 +36,10 @@ THREADS = 2
 ENGINES = ["pyarrow", "duckdb", "spark"]
 
 
-def measure_tree(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, float]:
-    """(wall s, CPU s, peak MiB) of a command and every process it starts: RSS summed over
+def measure_tree(
+    args: list[str], cwd: Path, env: dict[str, str]
+) -> tuple[float, float, float, str]:
+    """(wall s, CPU s, peak MiB, stdout) of a command and every process it starts: RSS summed over
     the live tree at each sample, CPU summed over each process's last sample."""
     start = time.perf_counter()
     proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -62,7 +64,7 @@ def measure_tree(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"error: {' '.join(args)} failed:\n{err.decode()[-2000:]}")
-    return wall, sum(cpu.values()), peak / 2**20
+    return wall, sum(cpu.values()), peak / 2**20, out.decode()
 
 
 def set_engine(repo: Path, name: str) -> None:
@@ -99,7 +101,7 @@ def main() -> None:
             base_wall = base_md5 = None
             for name in args.engines:
                 set_engine(repo, name)
-                wall, cpu, peak = measure_tree(
+                wall, cpu, peak, _ = measure_tree(
                     [sys.executable, "-m", "stages.confidence"], repo, env
                 )
                 md5 = hashlib.md5((repo / "data/confidence.parquet").read_bytes()).hexdigest()

@@ -8,6 +8,7 @@ from recsys.aggregation import EngineParams, aggregate_duckdb
 from recsys.cli import run_stage
 from recsys.confidence import ConfidenceParams, aggregate, load_events, write_pairs
 from recsys.params import load
+from recsys.paths import INTERACTIONS
 from recsys.threads import stage_threads
 
 
@@ -18,15 +19,13 @@ def main() -> None:
         from recsys.spark import aggregate_spark
 
         pairs, events = aggregate_spark(params, engine)
+    elif engine.name == "duckdb":
+        args = (params.weights, params.aggregation, params.log_epsilon, stage_threads())
+        pairs, events = aggregate_duckdb(INTERACTIONS, *args)
     else:
         table = load_events()
         events = table.num_rows
-        if engine.name == "duckdb":
-            pairs = aggregate_duckdb(
-                table, params.weights, params.aggregation, params.log_epsilon, stage_threads()
-            )
-        else:
-            pairs = aggregate(table, params.weights, params.aggregation, params.log_epsilon)
+        pairs = aggregate(table, params.weights, params.aggregation, params.log_epsilon)
         del table
     write_pairs(pairs)
     print(f"confidence ({engine.name}): {events:,} events -> {len(pairs):,} (user, item) pairs")

@@ -65,7 +65,9 @@ def test_duckdb_writes_the_bytes_of_the_pyarrow_code(
     write_pairs(aggregate(events, WEIGHTS, aggregation, 0.5), tmp_path / "pyarrow.parquet")
     for threads in (1, 2):
         out = tmp_path / f"duckdb{threads}.parquet"
-        write_pairs(aggregate_duckdb(events, WEIGHTS, aggregation, 0.5, threads), out)
+        pairs, n_events = aggregate_duckdb(log_csv, WEIGHTS, aggregation, 0.5, threads)
+        assert n_events == 20_000
+        write_pairs(pairs, out)
         assert digest(out) == digest(tmp_path / "pyarrow.parquet")
     frame = pq.read_table(tmp_path / "duckdb1.parquet").to_pandas()
     assert frame["USER_ID"].tolist() == sorted(frame["USER_ID"])  # code point order
@@ -73,10 +75,9 @@ def test_duckdb_writes_the_bytes_of_the_pyarrow_code(
 
 
 def test_duckdb_refuses_an_unweighted_event_type_by_name(log_csv: Path) -> None:
-    events = load_events(log_csv)
     weights = {k: v for k, v in WEIGHTS.items() if k != "ViewCart"}
     with pytest.raises(StageError, match="event type 'ViewCart' has no weight"):
-        aggregate_duckdb(events, weights, "sum", 1.0, 1)
+        aggregate_duckdb(log_csv, weights, "sum", 1.0, 1)
 
 
 def test_the_query_holds_no_event_type_text() -> None:
@@ -148,7 +149,7 @@ def test_spark_reads_files_and_folders_into_the_same_bytes(
     spark_local, log_csv: Path, tmp_path: Path, kind: str
 ) -> None:
     reference = tmp_path / "duckdb.parquet"
-    write_pairs(aggregate_duckdb(load_events(log_csv), WEIGHTS, "log", 0.5, 1), reference)
+    write_pairs(aggregate_duckdb(log_csv, WEIGHTS, "log", 0.5, 1)[0], reference)
     source = log_csv if kind == "file" else day_files(event_log(), tmp_path / "days", kind)
     pairs, n_events = spark_pairs(spark_local, source, WEIGHTS, "log")
     assert n_events == 20_000
