@@ -95,3 +95,19 @@ retrain:
 .PHONY: rehearse
 rehearse: setup
 	python scripts/rehearse_loop.py
+
+# pyspark (engine.name: spark, model.type: spark_als and their tests) needs Java 17 or 21.
+.PHONY: java bench-engines bench-spark-als
+java:
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	case "$$v" in 17|18|19|20|21) ;; *) echo "error: pyspark needs Java 17 or 21 (found: $${v:-none}); install it: sudo apt-get install -y openjdk-17-jre-headless" >&2; exit 2;; esac
+# `make test-all` runs the Spark tests (marked slow), so it needs Java; `make test` does not.
+test-all: java
+
+# the confidence stage per engine at 1x and 10x (docs/scale-out.md); about 10 minutes on 2 cores
+bench-engines: setup java
+	python scripts/bench_engines.py --scale 1 10
+
+# implicit ALS vs Spark MLlib ALS at the same rank on the default shop (docs/scale-out.md)
+bench-spark-als: setup java
+	python scripts/bench_spark_als.py

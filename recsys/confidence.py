@@ -247,12 +247,25 @@ def aggregate(
     else:
         key, total, last = _group(*(np.concatenate(p) for p in zip(*parts, strict=True)))
     del parts
+    user, item = np.divmod(key, n_items)
+    return finish(
+        users, items, user.astype(np.int32), item.astype(np.int32), total, last, aggregation,
+        log_epsilon,
+    )  # fmt: skip
+
+
+def finish(
+    users: pa.Array, items: pa.Array, user: np.ndarray, item: np.ndarray, total: np.ndarray,
+    last: np.ndarray, aggregation: str, log_epsilon: float,
+) -> Pairs:  # fmt: skip
+    """`Pairs` from every engine's float64 weighted sums: the same numpy `log1p` and float32
+    cast whoever summed, so engines agree to the bit, and the same refusal of a pair whose
+    confidence is not a finite float32, naming it."""
     with np.errstate(over="ignore"):  # refused below, naming a pair
         if aggregation == "log":
             total = np.log1p(total / log_epsilon)
         confidence = total.astype(np.float32)
-    user, item = np.divmod(key, n_items)
-    pairs = Pairs(users, items, user.astype(np.int32), item.astype(np.int32), confidence, last)
+    pairs = Pairs(users, items, user, item, confidence, last)
     bad = ~np.isfinite(confidence)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])

@@ -39,6 +39,9 @@ SMALL = {
     "ease": {"l2": 10.0},
     "rp3beta": {"alpha": 1.0, "beta": 0.5, "neighbours": 20},
     "popular": {},
+    "spark_als": {"factors": 8, "iterations": 4, "regularization": 0.05, "alpha": 5.0,
+                  "user_blocks": 2, "item_blocks": 2, "seed": 3, "checkpoint_interval": 2,
+                  "master": "local[2]", "driver_memory": "1g", "executor_memory": "1g"},
 }  # fmt: skip
 K = 10
 
@@ -60,7 +63,9 @@ def fitted(split) -> dict[str, Family]:
 
 
 def test_the_registry_names_every_family_and_its_section() -> None:
-    assert list(FAMILIES) == ["als", "bpr", "lmf", "itemknn", "ease", "rp3beta", "popular"]
+    assert list(FAMILIES) == [
+        "als", "bpr", "lmf", "itemknn", "ease", "rp3beta", "popular", "spark_als"
+    ]  # fmt: skip
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert shipped["model"] == {"type": "als"}
     assert set(SMALL) == set(FAMILIES) and all(name in shipped for name in FAMILIES)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from recsys.coldstart import ColdStartParams
+from recsys.aggregation import EngineParams
 from recsys.errors import StageError
 from recsys.families import FAMILIES, load_model_params
 from recsys.families.als import AlsParams
@@ -81,9 +82,10 @@ def test_threads_moved_to_runtime(tmp_path: Path) -> None:
 def test_every_section_of_the_shipped_params_is_valid() -> None:
     params = read_params_file(ROOT / "params.yaml")
     assert set(params) == {
-        "generate", "confidence", "mask", "model", "evaluate", "export", "coldstart", "runtime",
-        "gate", *FAMILIES,
+        "generate", "confidence", "engine", "mask", "model", "evaluate", "export", "coldstart",
+        "runtime", "gate", *FAMILIES,
     }  # fmt: skip
+    assert load(EngineParams.from_section, "engine", ROOT / "params.yaml").name == "duckdb"
     assert load_model_params(ROOT / "params.yaml").type == "als"  # the default family
     cold = load(ColdStartParams.from_section, "coldstart", ROOT / "params.yaml")
     assert cold.strategy == "attributes"  # chosen by measurement: docs/cold-start.md

@@ -13,6 +13,7 @@ train, evaluate, export, the bundle and `recsys.recommend` use.
 | ease | `ease` (ours, closed form) | dense item x item B |
 | rp3beta | `rp3beta` (ours) | sparse item x item random-walk weights |
 | popular | `popular` | distinct users per item |
+| spark_als | `spark_als` (MLlib ALS, implicit) | user/item factors, regularization, alpha |
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from recsys.families.itemknn import ItemKnnModel
 from recsys.families.lmf import LmfModel
 from recsys.families.popular import PopularModel
 from recsys.families.rp3beta import Rp3betaModel
+from recsys.families.spark_als import SparkAlsModel
 from recsys.io import load_npz
 from recsys.params import Section, load
 from recsys.paths import PARAMS_FILE, model_file
@@ -37,7 +39,8 @@ from recsys.paths import PARAMS_FILE, model_file
 FAMILIES: dict[str, type[Family]] = {
     cls.type: cls
     for cls in (
-        AlsModel, BprModel, LmfModel, ItemKnnModel, EaseModel, Rp3betaModel, PopularModel
+        AlsModel, BprModel, LmfModel, ItemKnnModel, EaseModel, Rp3betaModel, PopularModel,
+        SparkAlsModel,
     )
 }  # fmt: skip
 DEFAULT = "als"
