@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from recsys.coldstart import ColdStartParams
 from recsys.aggregation import EngineParams
+from recsys.coldstart import ColdStartParams
 from recsys.errors import StageError
 from recsys.families import FAMILIES, load_model_params
 from recsys.families.als import AlsParams
