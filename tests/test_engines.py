@@ -144,6 +144,7 @@ def day_files(frame: pd.DataFrame, folder: Path, kind: str) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["file", "csv", "csv.gz", "parquet"])
 def test_spark_reads_files_and_folders_into_the_same_bytes(
     spark_local, log_csv: Path, tmp_path: Path, kind: str
@@ -157,6 +158,7 @@ def test_spark_reads_files_and_folders_into_the_same_bytes(
     assert digest(tmp_path / "spark.parquet") == digest(reference)
 
 
+@pytest.mark.slow
 def test_spark_names_the_file_and_row_of_a_bad_timestamp(spark_local, tmp_path: Path) -> None:
     frame = event_log(200)
     frame["TIMESTAMP"] = frame["TIMESTAMP"].astype(str)
@@ -166,6 +168,7 @@ def test_spark_names_the_file_and_row_of_a_bad_timestamp(spark_local, tmp_path: 
         spark_pairs(spark_local, folder, WEIGHTS, "sum")
 
 
+@pytest.mark.slow
 def test_spark_names_blank_ids_missing_columns_and_unweighted_types(
     spark_local, tmp_path: Path
 ) -> None:
@@ -189,6 +192,7 @@ def test_spark_names_blank_ids_missing_columns_and_unweighted_types(
 
 
 @pytest.mark.dvc
+@pytest.mark.slow
 def test_dvc_exp_run_on_spark_keeps_the_data_hashes(reproduced_copy: Path) -> None:
     """`-S engine.name=spark` re-runs confidence on local[2]; its output, and so the matrix
     and everything after it, keep the hashes DuckDB gave."""

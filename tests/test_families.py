@@ -44,6 +44,10 @@ SMALL = {
                   "master": "local[2]", "driver_memory": "1g", "executor_memory": "1g"},
 }  # fmt: skip
 K = 10
+# Every family, Spark's behind the slow marker: its JVM costs more than the rest of the file.
+EVERY_FAMILY = [
+    pytest.param(name, marks=pytest.mark.slow) if name == "spark_als" else name for name in FAMILIES
+]
 
 
 def params(name: str, **overrides: object):
@@ -56,10 +60,21 @@ def split() -> tuple[sp.csr_matrix, sp.csr_matrix]:
     return split_matrix()
 
 
+class Fitted(dict):
+    """Each family fitted once on the split, when a test first asks for it."""
+
+    def __init__(self, train: sp.csr_matrix) -> None:
+        super().__init__()
+        self.train = train
+
+    def __missing__(self, name: str) -> Family:
+        self[name] = FAMILIES[name].fit(self.train, params(name), 1)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
-def fitted(split) -> dict[str, Family]:
-    train, _ = split
-    return {name: family.fit(train, params(name), 1) for name, family in FAMILIES.items()}
+def fitted(split) -> Fitted:
+    return Fitted(split[0])
 
 
 def test_the_registry_names_every_family_and_its_section() -> None:
@@ -71,7 +86,7 @@ def test_the_registry_names_every_family_and_its_section() -> None:
     assert set(SMALL) == set(FAMILIES) and all(name in shipped for name in FAMILIES)
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", EVERY_FAMILY)
 def test_save_load_gives_the_same_lists(fitted, split, tmp_path: Path, name: str) -> None:
     train, test = split
     model = fitted[name]
@@ -104,7 +119,7 @@ def test_a_model_file_of_another_family_is_refused(fitted, split, tmp_path: Path
         load_model(tmp_path / "als.npz", "als", split[0].shape, threads=1)
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", EVERY_FAMILY)
 def test_every_family_learns_something(fitted, split, name: str) -> None:
     train, test = split
     scored = score_model_and_baseline(fitted[name], train, test, K)
@@ -172,7 +187,7 @@ def test_a_session_of_a_users_items_scores_like_that_user(fitted, split, name: s
     np.testing.assert_allclose(session_scores, scores, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", EVERY_FAMILY)
 def test_similar_items_exclude_the_item_and_come_best_first(fitted, name: str) -> None:
     ids, scores = fitted[name].similar_items(3, 8)
     assert 0 < ids.size <= 8 and 3 not in ids.tolist()
@@ -288,7 +303,7 @@ def test_itemknn_params_pick_implicits_recommender() -> None:
 # --------------------------------------------------------------------------- the bundle
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", EVERY_FAMILY)
 def test_bundle_serves_users_sessions_and_similar_items(
     fitted,
     split,

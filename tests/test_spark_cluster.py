@@ -20,7 +20,7 @@ import yaml
 from recsys.io import load_npz, md5sum
 from tests.conftest import copy_reproduced, run, set_params
 
-pytestmark = pytest.mark.dvc
+pytestmark = [pytest.mark.dvc, pytest.mark.slow]  # a JVM cluster: `make test-all`
 
 WORKERS = 2
 SMALL_SPARK_ALS = {
