@@ -219,9 +219,10 @@ def log_from_frames(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFra
 #   of persona p gets Poisson(lam x weight[p, slot]), independently of the other slots.
 # * Web slot (pool of n products, cliques): if the slot has picks, the first is a product s
 #   drawn uniformly from the pool; the later picks land uniformly on s's clique row (size 4
-#   or 5). The approximation: the later picks are taken as Poisson(lam_slot) too (exact
-#   would be Poisson conditioned on at least one pick, minus that one), so each row member
-#   other than s is present independently with rho = 1 - exp(-lam_slot / size).
+#   or 5): m - 1 picks where m ~ Poisson(lam_slot) given m >= 1. A member other than s is
+#   then present with probability rho = 1 - E[(1 - 1/size)^(m-1) | m >= 1] (exact); the
+#   approximation is to take the members as present independently of each other (they
+#   compete for the same picks) and of the slot's training items.
 # * Store slot (a style of 1-3 items, uniform picks): by Poisson thinning every item is
 #   present independently with rho = 1 - exp(-lam_slot / n); exact.
 # * The random split holds out each pair with probability q (exactly round(q x pairs) in
@@ -235,6 +236,15 @@ def log_from_frames(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFra
 # item is held out with probability 1 when it is s and rho q / (1 - rho + rho q) when it is
 # another member of s's row. The score is the posterior mean of that; items outside every
 # consistent row, and outside the user's pools, score 0.
+
+
+def _member_presence(lam: np.ndarray | float, size: np.ndarray) -> np.ndarray:
+    """P(a given clique member other than the first product is picked), the slot having
+    m ~ Poisson(lam) picks, m >= 1, the later m - 1 uniform over a row of `size`:
+    1 - E[x^(m-1) | m >= 1] with x = 1 - 1/size, E[x^m] = exp(lam (x - 1))."""
+    x = 1.0 - 1.0 / size
+    lam = np.maximum(lam, 1e-12)
+    return 1.0 - (np.exp(lam * (x - 1.0)) - np.exp(-lam)) / (x * -np.expm1(-lam))
 
 
 def _slot_tables(state: ShopState, n_users: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -261,7 +271,7 @@ def _empty_slot_scores(state: ShopState, pool: int, lam: float, q: float) -> np.
     if size[0] == 0:  # store style: independent items
         rho = 1.0 - np.exp(-lam / n)
         return np.full(n, rho * q / (1.0 - rho + rho * q))
-    rho = 1.0 - np.exp(-lam / size)
+    rho = _member_presence(lam, size)
     absent = 1.0 - rho + rho * q
     weight = (1.0 - np.exp(-lam)) / n * q * absent ** (size - 1)  # first product s, held out
     weight /= np.exp(-lam) + weight.sum()
@@ -400,7 +410,7 @@ def _group_entries(
     count = np.stack([np.bincount(ginv, in_row[:, k], groups.size) for k in range(width)], 1)
     first_in = np.stack([np.bincount(ginv, is_first[:, k], groups.size) for k in range(width)], 1)
     size = pools.clique_size[cand].astype(np.float64)
-    rho = 1.0 - np.exp(-lam[:, None] / size)
+    rho = _member_presence(lam[:, None], size)
     absent = 1.0 - rho + rho * q
     members_seen = n_train[:, None] - first_in
     likelihood = (
