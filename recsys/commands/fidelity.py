@@ -15,6 +15,7 @@ AP@20 / min(20, |held-out|) averaged over every user with a held-out pair.
     recsys fidelity --seeds 42 7 2024   # three shops, one column each
     recsys fidelity --data              # the tables in data/ as they are
     recsys fidelity --structure-only    # skip the models (a few seconds)
+    recsys fidelity --skip-als          # every model but ALS (its fit is minutes per shop)
 """
 
 from __future__ import annotations
@@ -132,17 +133,39 @@ def map_at_k(recs: np.ndarray, test: sp.csr_matrix, users: np.ndarray) -> float:
 
 
 def learnability(
-    log, threads: int, state: ShopState | None = None
+    log, threads: int, state: ShopState | None = None, als: bool = True
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Held-out MAP@20 of ALS (article config, 15 and 100 iterations), kNN, most popular and,
     given the generator's state, the oracle; with each model's AP@20 per evaluated user."""
     from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
-    from threadpoolctl import threadpool_limits
 
     train, test = split(log)
     users = np.flatnonzero(np.diff(test.indptr))
-    recs: dict[str, np.ndarray] = {}
+    recs = als_recs(train, users, threads) if als else {}
+    for key, cls in (("bm25", BM25Recommender), ("cosine", CosineRecommender)):
+        knn = cls(K=100, num_threads=threads)
+        with warnings.catch_warnings():  # its own weighting hands it a COO matrix
+            warnings.filterwarnings("ignore", "Method expects CSR input")
+            knn.fit(train, show_progress=False)
+        recs[key] = top_k_unseen(knn, train, users, K)[0]
+    ranking = popularity_ranking(train)
+    recs["popular"] = top_k_excluding(ranking, train[users], K)
+    if state is not None:
+        start = time.perf_counter()
+        scores = oracle_scores(state, train, HOLD_OUT, slot_top=K)
+        recs["oracle"] = top_k_scored(scores, train, users, K)
+        print(f"  oracle {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    print(f"  {users.size:,} users evaluated", file=sys.stderr)
+    out = {key: map_at_k(r, test, users) for key, r in recs.items()}
+    per_user = {key: per_user_metrics(r, test[users])["ap"] for key, r in recs.items()}
+    return out, per_user
 
+
+def als_recs(train: sp.csr_matrix, users: np.ndarray, threads: int) -> dict[str, np.ndarray]:
+    """Top-K of ALS with the article's config after 15 and 100 iterations."""
+    from threadpoolctl import threadpool_limits
+
+    recs: dict[str, np.ndarray] = {}
     # one fit serves both: the 15-iteration factors are a snapshot of the 100-iteration fit
     model = make_model(ARTICLE_ALS, threads)
     model.num_threads = threads
@@ -163,23 +186,8 @@ def learnability(
     ):
         scorer = model_from_factors(*factors, threads)
         recs[key] = top_k_unseen(scorer, train, users, K)[0]
-    for key, cls in (("bm25", BM25Recommender), ("cosine", CosineRecommender)):
-        knn = cls(K=100, num_threads=threads)
-        with warnings.catch_warnings():  # its own weighting hands it a COO matrix
-            warnings.filterwarnings("ignore", "Method expects CSR input")
-            knn.fit(train, show_progress=False)
-        recs[key] = top_k_unseen(knn, train, users, K)[0]
-    ranking = popularity_ranking(train)
-    recs["popular"] = top_k_excluding(ranking, train[users], K)
-    if state is not None:
-        start = time.perf_counter()
-        scores = oracle_scores(state, train, HOLD_OUT, slot_top=K)
-        recs["oracle"] = top_k_scored(scores, train, users, K)
-        print(f"  oracle {time.perf_counter() - start:.1f}s", file=sys.stderr)
-    print(f"  ALS fit {fit_s:.0f}s, {users.size:,} users evaluated", file=sys.stderr)
-    out = {key: map_at_k(r, test, users) for key, r in recs.items()}
-    per_user = {key: per_user_metrics(r, test[users])["ap"] for key, r in recs.items()}
-    return out, per_user
+    print(f"  ALS fit {fit_s:.0f}s", file=sys.stderr)
+    return recs
 
 
 def verdict(value: float, reference: float, kind: tuple) -> str:
@@ -206,6 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--seeds", type=int, nargs="+", help="generate shops with these seeds")
     source.add_argument("--data", action="store_true", help="read data/ instead of generating")
     parser.add_argument("--structure-only", action="store_true", help="skip the models")
+    parser.add_argument(
+        "--skip-als", action="store_true", help="skip ALS, the slow model (minutes per shop)"
+    )
     args = parser.parse_args(argv)
     if not Path("params.yaml").is_file():
         raise StageError("no params.yaml here; run `recsys fidelity` from the repository root")
@@ -230,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         values = {**cooccurrence(log), **pair_shapes(log)}
         if not args.structure_only:
             state = None if args.data else shop_state(params)
-            scores, per_user[label] = learnability(log, threads, state)
+            scores, per_user[label] = learnability(log, threads, state, als=not args.skip_als)
             values |= scores
         columns[label] = values
 
@@ -264,23 +275,24 @@ def print_ceiling(per_user: dict[str, dict[str, np.ndarray]]) -> None:
     """Each model's MAP@20 [95% interval] per shop next to the oracle's, the share of the
     ceiling it reaches (mean over shops), and the paired gap of the best model to it."""
     labels = list(per_user)
+    models = [key for key in MODELS if key in per_user[labels[0]]]
     ceiling = {name: float(per_user[name]["oracle"].mean()) for name in labels}
     share = {
         key: float(np.mean([per_user[n][key].mean() / ceiling[n] for n in labels]))
-        for key in MODELS
+        for key in models
     }
     print("\nThe ceiling: MAP@20 [95% bootstrap interval over users]\n")
     header = ["model", *labels, "share of the ceiling"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for key in sorted(MODELS, key=lambda k: -share[k]):
+    for key in sorted(models, key=lambda k: -share[k]):
         cells = []
         for name in labels:
             ap = per_user[name][key]
             low, high = interval(ap, BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED)
             cells.append(f"{ap.mean():.3f} [{float(low):.3f}, {float(high):.3f}]")
         print(f"| {MODELS[key]} | {' | '.join(cells)} | {100 * share[key]:.0f}% |")
-    best = max((k for k in MODELS if k != "oracle"), key=lambda k: share[k])
+    best = max((k for k in models if k != "oracle"), key=lambda k: share[k])
     print(f"\nthe best model ({MODELS[best]}) reaches {100 * share[best]:.0f}% of the ceiling")
     for name in labels:
         gap, low, high = paired_difference(
