@@ -212,7 +212,7 @@ def log_from_frames(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFra
 # The ceiling: each user's unseen items ranked by the probability that they are among the
 # user's held-out pairs, given the training pairs and the generator's state (persona,
 # gender, every pool's affinity structure, the pick count). The model, from the generation
-# rules (recsys.shop), with one approximation:
+# rules (recsys.shop), with two approximations (marked below):
 #
 # * A user's picks are a Poisson process: users are drawn uniformly with replacement, so a
 #   user gets Binomial(picks, 1/users) ~ Poisson(lam) picks, lam = picks / users, and a slot
