@@ -361,7 +361,7 @@ def build_users(rng: np.random.Generator, n_users: int, store_share: float) -> p
 
 
 @dataclass(frozen=True)
-class _Pools:
+class Pools:
     """Products a pick may land on, per (web category, gender) or store style.
 
     `items[offset[k] : offset[k] + length[k]]` is pool k. Web pools carry an affinity
@@ -400,7 +400,7 @@ def affinity_structure(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.column_stack([np.arange(n), window])
 
 
-def _pools(catalogue: pd.DataFrame, rng: np.random.Generator) -> _Pools:
+def _pools(catalogue: pd.DataFrame, rng: np.random.Generator) -> Pools:
     category = catalogue["CATEGORY_L1"].cat.codes.to_numpy()
     style_key = catalogue["CATEGORY_L1"].astype(str) + ":" + catalogue["CATEGORY_L2"].astype(str)
     style = pd.Categorical(style_key, categories=STYLES).codes.astype(np.int64)
@@ -444,7 +444,7 @@ def _pools(catalogue: pd.DataFrame, rng: np.random.Generator) -> _Pools:
     weights = SLOT_WEIGHTS * share[slot_cat]
     weights /= weights.sum(axis=1, keepdims=True)
     gender_step = (np.arange(n_p) < len(WEB_PERSONAS)).astype(np.int64)
-    return _Pools(items, offset, length, clique, clique_size, base, gender_step, weights)
+    return Pools(items, offset, length, clique, clique_size, base, gender_step, weights)
 
 
 def event_counts(n_rows: int) -> tuple[int, tuple[int, ...]]:
@@ -563,20 +563,10 @@ def simulate(
     ugender = users["GENDER"].cat.codes.to_numpy().astype(np.int8)
     n_views, funnel = event_counts(n_rows)
 
-    n_picks = n_views // 2 + 16
-    while True:
-        product, user = _picks(pools, persona, ugender, n_picks, rng)
-        views = views_per_pick(product)
-        done = np.cumsum(views)
-        if done[-1] >= n_views:
-            break
-        n_picks = int(n_picks * 1.5) + 16  # rarely: an unusual shop with few views per pick
-    last = int(np.searchsorted(done, n_views))  # the pick that reaches n_views
-    views = views[: last + 1]
-    views[-1] -= done[last] - n_views
-    product, user = product[: last + 1], user[: last + 1]
+    product, user, views = _pick_run(pools, persona, ugender, n_views, rng)
+    last = product.size - 1
     pick = np.repeat(np.arange(last + 1, dtype=np.int32), views)
-    del views, done
+    del views
 
     # clock: advances on Views only, by integer milliseconds so runs are bit-identical
     mean_ms = ACTIVE_SHARE * days * 86_400_000 / n_views
@@ -631,8 +621,26 @@ def simulate(
     )
 
 
+def _pick_run(
+    pools: Pools, persona: np.ndarray, ugender: np.ndarray, n_views: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(product, user, views) of the picks that write exactly `n_views` Views, in time order."""
+    n_picks = n_views // 2 + 16
+    while True:
+        product, user = _picks(pools, persona, ugender, n_picks, rng)
+        views = views_per_pick(product)
+        done = np.cumsum(views)
+        if done[-1] >= n_views:
+            break
+        n_picks = int(n_picks * 1.5) + 16  # rarely: an unusual shop with few views per pick
+    last = int(np.searchsorted(done, n_views))  # the pick that reaches n_views
+    views = views[: last + 1]
+    views[-1] -= done[last] - n_views
+    return product[: last + 1], user[: last + 1], views
+
+
 def _picks(
-    pools: _Pools,
+    pools: Pools,
     persona: np.ndarray,
     gender: np.ndarray,
     n: int,
@@ -702,6 +710,41 @@ def build_shop(settings: ShopParams) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
         rng_events,
     )
     return catalogue, users, events
+
+
+@dataclass(frozen=True)
+class ShopState:
+    """What the generator fixed for one seed, beyond the tables: the oracle's knowledge.
+
+    `pools` holds every (category, gender) pool's affinity structure and every persona's
+    slot pools and weights; `persona` and `gender` are each user's codes (into `PERSONAS`,
+    `GENDERS`); `n_picks` is the number of picks the event log was drawn from. Item and user
+    indices are rows of the catalogue and users tables `build_shop` returns.
+    """
+
+    pools: Pools
+    persona: np.ndarray
+    gender: np.ndarray
+    n_picks: int
+
+
+def shop_state(settings: ShopParams) -> ShopState:
+    """Replay `build_shop`'s random streams up to the picks and keep the generator's state.
+
+    The same seeds in the same order as `build_shop`, so the state is the one behind its
+    tables; the picks themselves are dropped (only their count is kept).
+    """
+    rng_items, rng_users, rng_structure, rng_events = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(settings.seed).spawn(4)
+    )
+    catalogue = build_catalogue(rng_items)
+    users = build_users(rng_users, settings.users, settings.store_user_share)
+    pools = _pools(catalogue, rng_structure)
+    persona = users["PERSONA"].cat.codes.to_numpy().astype(np.int8)
+    gender = users["GENDER"].cat.codes.to_numpy().astype(np.int8)
+    n_views, _ = event_counts(settings.interactions)
+    product, _, _ = _pick_run(pools, persona, gender, n_views, rng_events)
+    return ShopState(pools, persona, gender, int(product.size))
 
 
 def write_outputs(catalogue: pd.DataFrame, users: pd.DataFrame, events: pd.DataFrame) -> None:
