@@ -7,10 +7,11 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +205,40 @@ def serve(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@dataclass
+class Load:
+    """What `steady_load` saw: requests answered, and every failure (non-200 or error)."""
+
+    answered: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def steady_load(server: Server, users: list[str]) -> Iterator[Load]:
+    """Recommendations for `users`, back to back on a keep-alive connection, for as long as
+    the body runs (a reload or a version switch happens meanwhile); stopped and joined after."""
+    load, stop = Load(), threading.Event()
+
+    def hammer() -> None:
+        client = server.client()
+        i = 0
+        while not stop.is_set():
+            try:
+                answer = client.get(f"/recommendations/{users[i % len(users)]}?n=5")
+                if answer.status != 200:
+                    load.failures.append(f"{answer.status} {answer.raw[:200]!r}")
+                load.answered += 1
+            except OSError as exc:
+                load.failures.append(repr(exc))
+                client = server.client()
+            i += 1
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        yield load
+    finally:
+        stop.set()
+        thread.join(timeout=30)

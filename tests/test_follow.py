@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
 from recsys.bundle import load_bundle
 from tests.conftest import RECSYS, ROOT, run, set_params, tool_env
-from tests.served import serve
+from tests.served import serve, steady_load
 
 pytestmark = pytest.mark.dvc
 
@@ -61,36 +60,13 @@ def test_follow_switches_a_running_service_to_the_new_prod(
         v2 = release(repo, "top 12")
         assert v2 != v1
         users = [str(u) for u in load_bundle(serving / "current").user_ids[:40]]
-        failures: list[str] = []
-        answered = [0]
-        stop = threading.Event()
-
-        def hammer() -> None:
-            client = server.client()
-            i = 0
-            while not stop.is_set():
-                try:
-                    answer = client.get(f"/recommendations/{users[i % len(users)]}?n=5")
-                    if answer.status != 200:
-                        failures.append(f"{answer.status} {answer.raw[:200]!r}")
-                    answered[0] += 1
-                except OSError as exc:
-                    failures.append(repr(exc))
-                    client = server.client()
-                i += 1
-
-        thread = threading.Thread(target=hammer)
-        thread.start()
-        try:
+        with steady_load(server, users) as load:
             url = f"http://127.0.0.1:{server.port}/admin/reload"
             switched = follow(*common, "--reload", url)
-        finally:
-            stop.set()
-            thread.join(timeout=30)
         assert switched.returncode == 0, switched.stderr
         assert f"-> {v2}; POST" in switched.stdout
-        assert not failures, failures[:5]
-        assert answered[0] > 0
+        assert not load.failures, load.failures[:5]
+        assert load.answered > 0
         new = server.get("/health").body["bundle"]["md5"]
         assert new == load_bundle(repo / "models/bundle").md5 != old
         assert os.readlink(serving / "current") == v2

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from tests.conftest import RECSYS, ROOT, SMALL_PARAMS, make_repo_copy, run, tool
 from tests.daily_events import WEIGHTS, day_bytes, day_name
 from tests.s3_server import S3Server
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
-from tests.served import serve
+from tests.served import serve, steady_load
 
 pytestmark = [pytest.mark.s3, pytest.mark.dvc]
 
@@ -120,38 +119,15 @@ def test_two_days_end_to_end(s3_server: S3Server, tmp_path: Path) -> None:
         assert md5s(prod) == md5s(repo / "models/bundle")
 
         users = [str(u) for u in day1_bundle.user_ids[:50]]
-        failures: list[str] = []
-        answered = [0]
-        stop = threading.Event()
-
-        def hammer() -> None:
-            client = server.client()
-            i = 0
-            while not stop.is_set():
-                try:
-                    answer = client.get(f"/recommendations/{users[i % len(users)]}?n=5")
-                    if answer.status != 200:
-                        failures.append(f"{answer.status} {answer.raw[:200]!r}")
-                    answered[0] += 1
-                except OSError as exc:
-                    failures.append(repr(exc))
-                    client = server.client()
-                i += 1
-
-        thread = threading.Thread(target=hammer)
-        thread.start()
-        try:
+        with steady_load(server, users) as load:
             switched = run(
                 [*follow, "--once", "--reload", f"http://127.0.0.1:{server.port}/admin/reload"],
                 ROOT,
                 env=env,
             ).stdout
-        finally:
-            stop.set()
-            thread.join(timeout=30)
         assert "-> recsys-bundle@v0.0.2; POST" in switched
-        assert not failures, failures[:5]
-        assert answered[0] > 0
+        assert not load.failures, load.failures[:5]
+        assert load.answered > 0
         health = server.get("/health").body["bundle"]
         assert health["md5"] == load_bundle(prod).md5 != day1_bundle.md5
         again = run([*follow, "--once"], ROOT, env=env, check=False)
