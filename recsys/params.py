@@ -57,6 +57,18 @@ MAX_DEPTH = 32  # params.yaml nests 3 levels; ruamel's composer recurses per lev
 MAX_NODES = 100_000  # values after expanding aliases; ours has a few hundred
 
 
+def update_params_file(path: Path | str, updates: Mapping[str, Mapping[str, Any]]) -> None:
+    """Merge `updates` (section -> {key: value}) into a params file, as `dvc exp run -S` sets
+    values; for the scratch copies of tests and benchmarks (comments are not kept)."""
+    import yaml
+
+    path = Path(path)
+    params = yaml.safe_load(path.read_text())
+    for section, values in updates.items():
+        params.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def _check_shape(path: Path, events: Any) -> None:
     """Refuse, from the parser's event stream (no recursion, nothing built), a file nested
     deeper than MAX_DEPTH or whose aliases expand past MAX_NODES values: a "billion laughs"

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from recsys.params import update_params_file
+
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = {
     "random": {"strategy": "random"},
@@ -40,14 +42,6 @@ def stage(name: str, repo: Path) -> str:
     return proc.stdout.strip()
 
 
-def set_params(repo: Path, updates: dict[str, dict]) -> None:
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in updates.items():
-        params.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="shop size (1 = params.yaml)")
@@ -62,8 +56,8 @@ def main() -> None:
             )
         shutil.copy(ROOT / "params.yaml", repo / "params.yaml")
         gen = yaml.safe_load((repo / "params.yaml").read_text())["generate"]
-        set_params(
-            repo,
+        update_params_file(
+            repo / "params.yaml",
             {
                 "generate": {
                     "users": round(gen["users"] * args.scale),
@@ -76,12 +70,12 @@ def main() -> None:
             print(stage(name, repo), file=sys.stderr, flush=True)
         rows: dict[str, dict[str, dict]] = {}
         for split, values in SPLITS.items():
-            set_params(repo, {"mask": values})
+            update_params_file(repo / "params.yaml", {"mask": values})
             print(stage("mask", repo), file=sys.stderr, flush=True)
             report = json.loads((repo / "metrics/split.json").read_text())
             rows[split] = {"_split": report}
             for family in args.families:
-                set_params(repo, {"model": {"type": family}})
+                update_params_file(repo / "params.yaml", {"model": {"type": family}})
                 stage("train", repo)
                 print(stage("evaluate", repo), file=sys.stderr, flush=True)
                 rows[split][family] = json.loads((repo / "metrics/metrics.json").read_text())

@@ -28,7 +28,8 @@ from types import ModuleType
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import yaml
+
+from recsys.params import update_params_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,14 +75,6 @@ def daily_files(repo: Path, env: dict[str, str]) -> dict[str, bytes]:
     return files
 
 
-def set_params(repo: Path, updates: dict[str, dict]) -> None:
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in updates.items():
-        params.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def rehearse(work: Path, endpoint: str, s3: ModuleType, args: argparse.Namespace) -> None:
     env = dict(os.environ)
     env.update(
@@ -106,15 +99,15 @@ def rehearse(work: Path, endpoint: str, s3: ModuleType, args: argparse.Namespace
     (repo / ".venv").symlink_to(Path(sys.prefix))  # the Makefile finds its tools there
     sh(f"git remote set-url origin {origin}", repo, env)
     sh(f"dvc remote modify storage url s3://{bucket}/store", repo, env)
-    set_params(repo, {"generate": {"users": args.users, "interactions": args.users * 8,
-                                   "days": args.days}})  # fmt: skip
+    sizes = {"users": args.users, "interactions": args.users * 8, "days": args.days}
+    update_params_file(repo / "params.yaml", {"generate": sizes})
     days = daily_files(repo, env)
     names = sorted(days)
     print(f"rehearsal: {len(names)} daily files, {names[0]} .. {names[-1]}", flush=True)
     for name in names[:-1]:
         client.put_object(Bucket=bucket, Key=f"daily/{name}", Body=days[name])
-    set_params(
-        repo,
+    update_params_file(
+        repo / "params.yaml",
         {
             "generate": {"source": "files", "interactions_file": "events/daily"},
             "mask": {"strategy": "global_time", "cutoff": 1 - 1 / len(names)},

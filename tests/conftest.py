@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import yaml
 from filelock import FileLock
 
-from recsys.params import Section
+from recsys.params import Section, update_params_file
 
 T = TypeVar("T")
 
@@ -116,11 +115,7 @@ def recsys(
 
 def set_params(repo: Path, updates: dict[str, dict]) -> None:
     """Merge `updates` (section -> {key: value}) into the copy's params.yaml."""
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in updates.items():
-        params.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    update_params_file(repo / "params.yaml", updates)
 
 
 def make_repo_copy(dest: Path, params: dict[str, dict] | None = None) -> Path:
