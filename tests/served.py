@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -242,3 +243,29 @@ def steady_load(server: Server, users: list[str]) -> Iterator[Load]:
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+# One Lambda container: import the handler once, answer each event file in turn.
+LAMBDA_CONTAINER = """
+import json, sys
+from recsys.aws_lambda import handler
+for path in sys.argv[1:]:
+    with open(path) as fh:
+        print(json.dumps(handler(json.load(fh), None)), flush=True)
+"""
+
+
+def invoke_lambda(files: list[Path], **env: str) -> tuple[list[dict[str, Any]], str]:
+    """The handler's answer to each event file, from one fresh process (a cold container),
+    and what it logged; no BUNDLE_DIR or RECSYS_* leaks in from the caller."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BUNDLE_DIR", "RECSYS_"))}
+    proc = subprocess.run(
+        [sys.executable, "-c", LAMBDA_CONTAINER, *map(str, files)],
+        cwd=ROOT,
+        env={**clean, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr

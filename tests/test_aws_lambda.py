@@ -6,42 +6,20 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from recsys.bundle import load_bundle
-from tests.served import write_bundle
+from tests.served import invoke_lambda, write_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "tests" / "lambda_events"
 
-# One Lambda container: import the handler once, answer each event file in turn.
-CONTAINER = """
-import json, sys
-from recsys.aws_lambda import handler
-for path in sys.argv[1:]:
-    with open(path) as fh:
-        print(json.dumps(handler(json.load(fh), None)), flush=True)
-"""
-
 
 def invoke(names: list[str], **env: str) -> tuple[list[dict[str, Any]], str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BUNDLE_DIR", "RECSYS_"))}
-    proc = subprocess.run(
-        [sys.executable, "-c", CONTAINER, *(str(EVENTS / f"{n}.json") for n in names)],
-        cwd=ROOT,
-        env={**clean, "PYTHONPATH": str(ROOT), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
+    return invoke_lambda([EVENTS / f"{name}.json" for name in names], **env)
 
 
 def body(response: dict[str, Any]) -> Any:

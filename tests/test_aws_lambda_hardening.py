@@ -5,9 +5,6 @@ traceback; a failed bundle fetch leaves no folder behind."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,19 +13,10 @@ import pytest
 
 from recsys.aws_lambda import fetch_bundle
 from recsys.errors import StageError
-from tests.served import write_bundle
+from tests.served import invoke_lambda, write_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 USER = json.loads((ROOT / "tests" / "lambda_events" / "user.json").read_text())
-
-CONTAINER = """
-import json, sys
-from recsys.aws_lambda import handler
-with open(sys.argv[1]) as fh:
-    events = json.load(fh)
-for event in events:
-    print(json.dumps(handler(event, None)), flush=True)
-"""
 
 
 def variant(**changes: Any) -> dict[str, Any]:
@@ -68,19 +56,13 @@ HOSTILE = {
 
 
 def run_container(events: list[Any], tmp_path: Path, **env: str) -> tuple[list[dict], str]:
-    file = tmp_path / "events.json"
-    file.write_text(json.dumps(events))  # \ud800 survives as an escape, loads as a surrogate
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BUNDLE_DIR", "RECSYS_"))}
-    proc = subprocess.run(
-        [sys.executable, "-c", CONTAINER, str(file)],
-        cwd=ROOT,
-        env={**clean, "PYTHONPATH": str(ROOT), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
+    """One cold container answering each event; every event in a file of its own (a lone
+    surrogate such as \\ud800 survives as a JSON escape and loads back as one)."""
+    files = []
+    for i, event in enumerate(events):
+        files.append(tmp_path / f"event-{i}.json")
+        files[-1].write_text(json.dumps(event))
+    return invoke_lambda(files, **env)
 
 
 def test_every_hostile_event_gets_a_4xx_json_answer(tmp_path: Path) -> None:
