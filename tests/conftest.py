@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 from filelock import FileLock
 
 from recsys.params import Section, update_params_file
@@ -111,6 +112,12 @@ def recsys(
         text=True,
         timeout=timeout,
     )
+
+
+def lock_outs(repo: Path, *stages: str) -> dict[str, str]:
+    """Output path -> md5 recorded in the copy's dvc.lock, for `stages` (default: all)."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o["md5"] for s in stages or lock for o in lock[s].get("outs", [])}
 
 
 def set_params(repo: Path, updates: dict[str, dict]) -> None:

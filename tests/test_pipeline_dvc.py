@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from tests.conftest import copy_reproduced, make_repo_copy, run, set_params
+from tests.conftest import copy_reproduced, lock_outs, make_repo_copy, run, set_params
 
 pytestmark = pytest.mark.dvc
 
@@ -21,16 +21,6 @@ MODEL_STAGES = {"train", "evaluate", "export"}
 
 def ran_stages(output: str) -> set[str]:
     return {s for s in STAGES if f"Running stage '{s}'" in output}
-
-
-def lock_hashes(repo: Path) -> dict[str, str]:
-    """Output path -> md5 for every out recorded in dvc.lock."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {
-        out["path"]: out["md5"]
-        for stage in lock["stages"].values()
-        for out in stage.get("outs", [])
-    }
 
 
 def md5(path: Path) -> str:
@@ -80,7 +70,7 @@ def test_same_seed_gives_the_same_lock_hashes(reproduced: tuple[Path, str], tmp_
     repo, _ = reproduced
     other = make_repo_copy(tmp_path / "again")
     run(["dvc", "repro"], other)
-    assert lock_hashes(other) == lock_hashes(repo)
+    assert lock_outs(other) == lock_outs(repo)
     assert md5(other / "metrics/metrics.json") == md5(repo / "metrics/metrics.json")
 
 

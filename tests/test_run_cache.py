@@ -7,9 +7,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import run, set_params
+from tests.conftest import lock_outs, run, set_params
 
 pytestmark = pytest.mark.dvc
 
@@ -18,11 +17,6 @@ MODEL_STAGES = ("train", "evaluate", "export")
 
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def lock_outs(repo: Path) -> dict[str, str]:
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {o["path"]: o["md5"] for s in lock["stages"].values() for o in s.get("outs", [])}
 
 
 def ran(output: str) -> set[str]:

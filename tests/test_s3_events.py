@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import SMALL_PARAMS, make_repo_copy, run, tool_env
+from tests.conftest import SMALL_PARAMS, lock_outs, make_repo_copy, run, tool_env
 from tests.daily_events import WEIGHTS, day_bytes, day_name
 from tests.s3_server import S3Server
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
@@ -30,15 +29,6 @@ def ran(output: str) -> list[str]:
     return [s for s in STAGES if f"Running stage '{s}'" in output]
 
 
-def lock_hashes(repo: Path) -> dict[str, str]:
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {
-        out["path"]: out["md5"]
-        for stage in lock["stages"].values()
-        for out in stage.get("outs", [])
-    }
-
-
 def test_daily_files_imported_updated_and_reproduced(s3_server: S3Server, tmp_path: Path) -> None:
     env = s3_server.aws_env(tool_env())
     env["AWS_ENDPOINT_URL_S3"] = s3_server.endpoint
@@ -55,7 +45,7 @@ def test_daily_files_imported_updated_and_reproduced(s3_server: S3Server, tmp_pa
     assert ran(day1.stdout) == STAGES
     run(["git", "add", "-A"], repo, env=env)
     run(["git", "commit", "-qm", "day 1"], repo, env=env)
-    day1_hashes = lock_hashes(repo)
+    day1_hashes = lock_outs(repo)
 
     # nothing new in the bucket: update changes nothing, repro runs nothing
     run(["dvc", "update", "events/daily.dvc"], repo, env=env)
@@ -71,7 +61,7 @@ def test_daily_files_imported_updated_and_reproduced(s3_server: S3Server, tmp_pa
     ]
     day2 = run(["dvc", "repro"], repo, env=env)
     assert ran(day2.stdout) == STAGES  # every stage depends on the events
-    day2_hashes = lock_hashes(repo)
+    day2_hashes = lock_outs(repo)
     assert day2_hashes["data/interactions.csv"] != day1_hashes["data/interactions.csv"]
     rows = (repo / "data/interactions.csv").read_text().count("\n") - 1
     assert rows == 5000
@@ -88,5 +78,5 @@ def test_daily_files_imported_updated_and_reproduced(s3_server: S3Server, tmp_pa
     run(["dvc", "pull", "events/daily.dvc"], clone, env=env)
     again = run(["dvc", "repro", "--force"], clone, env=env)
     assert ran(again.stdout) == STAGES
-    assert lock_hashes(clone) == day2_hashes
+    assert lock_outs(clone) == day2_hashes
     assert run(["git", "status", "--porcelain"], clone, env=env).stdout == ""

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from recsys.io import load_npz, md5sum
-from tests.conftest import copy_reproduced, run, set_params
+from tests.conftest import copy_reproduced, lock_outs, run, set_params
 
 pytestmark = [pytest.mark.dvc, pytest.mark.slow]  # a JVM cluster: `make test-all`
 
@@ -106,11 +105,6 @@ def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.killpg(proc.pid, 15)
         for proc in procs:
             proc.wait(timeout=60)
-
-
-def lock_outs(repo: Path, *stages: str) -> dict[str, str]:
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    return {o["path"]: o["md5"] for s in stages for o in lock[s]["outs"]}
 
 
 def test_confidence_on_the_cluster_keeps_the_data_hashes(
