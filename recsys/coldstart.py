@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.errors import StageError
-from recsys.fallback import build_fallback
+from recsys.fallback import binary_pairs, build_fallback
 from recsys.params import Section
 from recsys.ranking import popularity_ranking
 
@@ -211,14 +211,6 @@ class ColdStart:
         return dict(zip(self.columns[:depth], self.keys[group, :depth].tolist(), strict=True))
 
 
-def _binary(train: sp.spmatrix) -> sp.csr_matrix:
-    m = sp.csr_matrix(train, copy=True)
-    m.sum_duplicates()
-    m.data = (m.data != 0).astype(np.float64)
-    m.eliminate_zeros()
-    return m
-
-
 def static(strategy: str, ranking: np.ndarray, users: int) -> ColdStart:
     """A one-group model serving `ranking` to everyone (`popular`, `apportioned`)."""
     return ColdStart(
@@ -250,7 +242,7 @@ def build_coldstart(
     train = sp.csr_matrix(train)
     n_users, n_items = train.shape
     size = min(size, n_items)
-    active = np.diff(_binary(train).indptr) > 0
+    active = np.diff(binary_pairs(train).indptr) > 0
     if params.strategy == "apportioned":
         return static("apportioned", build_fallback(train, item_categories, size), active.sum())
     if params.strategy == "popular":
@@ -268,7 +260,7 @@ def _attribute_model(
 ) -> ColdStart:
     """Groups level by level (each a prefix of `columns`), counts of distinct users per
     group and item, then `_rank_groups`. Only users with a training item count."""
-    binary = _binary(train)
+    binary = binary_pairs(train).astype(np.float64)  # counts of distinct users
     n_users = binary.shape[0]
     reached = np.diff(binary.indptr) > 0
     counts: list[Any] = [np.asarray(binary.sum(axis=0)).ravel()]  # level 0: the root

@@ -28,7 +28,7 @@ from recsys.ids import aligned, read_id_table
 from recsys.ranking import popularity_ranking
 
 
-def _binary(matrix: sp.spmatrix) -> sp.csr_matrix:
+def binary_pairs(matrix: sp.spmatrix) -> sp.csr_matrix:
     """1 where a (user, item) pair has a non-zero entry, so counts mean distinct users."""
     m = sp.csr_matrix(matrix, copy=True)
     m.sum_duplicates()
@@ -59,7 +59,7 @@ def build_fallback(train: sp.spmatrix, item_categories: np.ndarray | None, size:
             f"item_categories has shape {categories.shape}; expected ({n_items},), "
             "one category per item column"
         )
-    binary = _binary(train)
+    binary = binary_pairs(train)
     counts = np.asarray(binary.getnnz(axis=0), dtype=np.int64)
     index = np.arange(n_items)
     labels, cat = np.unique(categories, return_inverse=True)
