@@ -112,20 +112,12 @@ class S3Server:
             self._set_auth(previous)
 
 
-@pytest.fixture(scope="session", name="s3_server")
-def s3_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """Start moto's S3 server for the session; stop it (and only it) at the end.
-
-    With RECSYS_TEST_S3_ENDPOINT set (CI starts one with `recsys s3-dev start`), that
-    server is used and left running for whoever started it.
-    """
-    log = tmp_path_factory.mktemp("s3-server") / "server.log"
-    external = os.environ.get("RECSYS_TEST_S3_ENDPOINT", "").strip()
-    if external:
-        if not s3_dev.answers(external):
-            pytest.fail(f"RECSYS_TEST_S3_ENDPOINT={external} does not answer", pytrace=False)
-        yield S3Server(endpoint=external, log=log)
-        return
+@contextlib.contextmanager
+def private_s3_server(folder: Path) -> Iterator[S3Server]:
+    """A moto server of one's own on a free port, stopped after: for a test that flips a
+    server-wide switch (IAM checks), which would fail parallel tests on a shared server."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "server.log"
     port = s3_dev.free_port()
     endpoint = s3_dev.endpoint_for(port)
     try:
@@ -137,3 +129,22 @@ def s3_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Se
         yield S3Server(endpoint=endpoint, log=log)
     finally:
         s3_dev.terminate(proc.pid)
+
+
+@pytest.fixture(scope="session", name="s3_server")
+def s3_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """Start moto's S3 server for the session; stop it (and only it) at the end.
+
+    With RECSYS_TEST_S3_ENDPOINT set (CI starts one with `recsys s3-dev start`), that
+    server is used and left running for whoever started it; every pytest worker shares it,
+    each test in buckets of its own.
+    """
+    folder = tmp_path_factory.mktemp("s3-server")
+    external = os.environ.get("RECSYS_TEST_S3_ENDPOINT", "").strip()
+    if external:
+        if not s3_dev.answers(external):
+            pytest.fail(f"RECSYS_TEST_S3_ENDPOINT={external} does not answer", pytrace=False)
+        yield S3Server(endpoint=external, log=folder / "server.log")
+        return
+    with private_s3_server(folder) as server:
+        yield server

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import make_repo_copy, recsys, run, tool_env
-from tests.s3_server import S3Server, s3_dev
+from tests.s3_server import S3Server, private_s3_server, s3_dev
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.s3, pytest.mark.dvc]
@@ -237,11 +237,20 @@ def test_remote_faults_fail_clearly_and_leave_local_files_alone(
         (repo / ".dvc" / "config.local").write_text(f"['remote \"storage\"']\n    url = {url}\n")
         push_and_pull_fail(env)
     else:
-        with published.server.enforcing_credentials() as (key, secret):
-            good = env | {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
-            push_and_pull_fail(good | {"AWS_SECRET_ACCESS_KEY": secret[:-1] + "x"})
-            # Control: the same server takes the right key, so the failure was the key.
-            assert "fetched" in dvc(repo, "pull", env=good).stdout
+        # IAM checks are a switch of the whole server: on a server of this test's own, so the
+        # tests that share the session's server in parallel keep working meanwhile.
+        with private_s3_server(tmp_path / "iam-server") as server:
+            s3_dev.ensure_bucket(server.endpoint, published.bucket)
+            with server.enforcing_credentials() as (key, secret):
+                good = env | {
+                    "AWS_ENDPOINT_URL_S3": server.endpoint,
+                    "AWS_ACCESS_KEY_ID": key,
+                    "AWS_SECRET_ACCESS_KEY": secret,
+                }
+                dvc(repo, "push", env=good)  # the data on this server too, for the control
+                push_and_pull_fail(good | {"AWS_SECRET_ACCESS_KEY": secret[:-1] + "x"})
+                # Control: the same server takes the right key, so the failure was the key.
+                assert "fetched" in dvc(repo, "pull", env=good).stdout
     assert snapshot(repo) == before
 
 
