@@ -38,10 +38,10 @@ repro: setup
 # Usually about 7 minutes on 2 cores; the Spark tests and the two-day loop are in test-all.
 test: setup
 	@echo "==> pytest on $(WORKERS) workers (usually about 7 minutes on 2 cores)"
-	python -m pytest -n $(WORKERS) --dist worksteal
+	python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test-all: setup
-	python -m pytest -n $(WORKERS) --dist worksteal -m "slow or not slow"
+	python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder -m "slow or not slow"
 
 docs: setup
 	mkdocs serve -a 127.0.0.1:8001

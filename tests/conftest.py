@@ -145,6 +145,20 @@ def make_repo_copy(dest: Path, params: dict[str, dict] | None = None) -> Path:
     return dest
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """For `make test` (pytest-xdist, `--dist loadgroup`): the tests of a module that share a
+    module-scoped fixture go to one worker, so the fixture (a reproduced copy, a published
+    remote, a queue run) is built once, not once per worker that picks up one of its tests;
+    and the tests driving dvc start first, so that the slowest do not start last."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        defs = fixtures.name2fixturedefs.values() if fixtures else []
+        if any(d[-1].scope == "module" for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: item.get_closest_marker("dvc") is None)
+
+
 @pytest.fixture
 def repo_copy(tmp_path: Path) -> Path:
     """A small-params copy of the project, committed, with no outputs yet."""

@@ -4,56 +4,25 @@ run as written on a small reproduced copy.
 
 A fenced `bash` block preceded by the line `<!-- test: runs -->` is executed line by line
 (continuation lines joined, comments dropped); `source .venv/bin/activate` is what this test's
-environment already is. After `dvc queue start` the test waits for the queue, as a reader does
-with `dvc queue status`.
+environment already is. The experiments recipe (the README's and the experiments page's, the
+same block) runs in tests/test_experiments_queue.py, whose queue it is: one queue, not two.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from recsys.commands import COMMANDS
-from tests.conftest import ROOT, recsys, run, tool_env
+from tests.conftest import ROOT, recsys, tool_env
+from tests.documented import is_the_experiments_recipe, run_block, runnable_blocks
 
-RUNS = "<!-- test: runs -->"
 EXECUTED = ("docs/getting-started.md", "README.md", "docs/experiments.md")
 README_MAX_LINES = 300
-
-
-def runnable_blocks(path: Path) -> list[str]:
-    """The text of every fenced block marked `RUNS` in a Markdown file."""
-    blocks, lines = [], path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if line.strip() != RUNS:
-            continue
-        assert lines[i + 1].startswith("```bash"), f"{path}:{i + 2}: expected a bash block"
-        end = lines.index("```", i + 2)
-        blocks.append("\n".join(lines[i + 2 : end]))
-    return blocks
-
-
-def commands(block: str) -> list[list[str]]:
-    """Shell lines of a block as argument lists: continuations joined, comments dropped."""
-    joined = re.sub(r"\\\n\s*", " ", block)
-    return [argv for line in joined.splitlines() if (argv := shlex.split(line, comments=True))]
-
-
-def wait_for_queue(repo: Path, timeout: float = 400) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], repo).stdout
-        if not re.search(r"\b(Queued|Running)\b", status):
-            assert "Failed" not in status, status
-            return
-        time.sleep(1)
-    raise AssertionError(f"the queue did not finish in {timeout:.0f} s")
 
 
 def mkdocs(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -118,34 +87,17 @@ def test_the_experiments_recipe_is_the_same_in_the_readme_and_the_docs() -> None
 @pytest.mark.dvc
 def test_documented_commands_run_as_written(reproduced_copy: Path) -> None:
     """Each documented command exits 0 on a small reproduced copy; a few print what the
-    docs say they print."""
-    seen: set[str] = set()
+    docs say they print. The experiments recipe is left to the queue's own test."""
     outputs: dict[str, str] = {}
+    recipes = 0
     for name in EXECUTED:
         for block in runnable_blocks(ROOT / name):
-            if block in seen:
+            if is_the_experiments_recipe(block):
+                recipes += 1
                 continue
-            seen.add(block)
-            for argv in commands(block):
-                if argv[:1] == ["source"]:
-                    continue
-                proc = subprocess.run(
-                    argv,
-                    cwd=reproduced_copy,
-                    env=tool_env(),
-                    capture_output=True,
-                    text=True,
-                    timeout=400,
-                )
-                shown = shlex.join(argv)
-                assert proc.returncode == 0, f"{name}: {shown}\n{proc.stdout}\n{proc.stderr}"
-                outputs[shown] = proc.stdout
-                if argv[:3] == ["dvc", "queue", "start"]:
-                    wait_for_queue(reproduced_copy)
+            outputs |= run_block(block, reproduced_copy, name)
+    assert recipes == 2  # the README's and the experiments page's
     shows = [out for cmd, out in outputs.items() if cmd.startswith("dvc exp show")]
     assert shows and all("model.type" in out for out in shows)
-    assert any("| ease " in out for out in shows), "the EASE run is told apart by model.type"
-    compared = next(out for cmd, out in outputs.items() if cmd.startswith("recsys compare"))
-    assert compared.startswith("## DVC report: `HEAD` -> `wider`")
     assert "dvc status" in outputs and "up to date" in outputs["dvc status"]
     assert len(outputs["recsys recommend 2 -n 5"].split()) == 5

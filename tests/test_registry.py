@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from recsys.bundle import load_bundle
-from tests.conftest import ROOT, make_repo_copy, run, set_params, tool_env
+from tests.conftest import ROOT, run, set_params, tool_env
 from tests.s3_server import S3Server
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
 from tests.served import serve
@@ -23,12 +23,6 @@ from tests.served import serve
 pytestmark = [pytest.mark.s3, pytest.mark.dvc]
 
 ARTIFACT = "recsys-bundle"
-TINY_PARAMS: dict[str, dict] = {
-    "generate": {"users": 300, "interactions": 3000},
-    "als": {"factors": 8, "iterations": 2},
-    "export": {"top_n": 10, "fallback_size": 20},
-    "runtime": {"threads": 1},
-}
 
 
 def files_md5(bundle: Path) -> dict[str, str]:
@@ -41,7 +35,9 @@ def test_dvc_yaml_declares_the_bundle_as_a_model_artifact() -> None:
     assert artifacts[ARTIFACT]["path"] == "models/bundle"
 
 
-def test_register_promote_fetch_prod_from_s3_and_serve(s3_server: S3Server, tmp_path: Path) -> None:
+def test_register_promote_fetch_prod_from_s3_and_serve(
+    s3_server: S3Server, reproduced_copy: Path, tmp_path: Path
+) -> None:
     env = s3_server.aws_env(tool_env())
     env["AWS_ENDPOINT_URL_S3"] = s3_server.endpoint
     env["DVC_SITE_CACHE_DIR"] = str(tmp_path / "site-cache")
@@ -50,7 +46,7 @@ def test_register_promote_fetch_prod_from_s3_and_serve(s3_server: S3Server, tmp_
     def sh(*args: str, cwd: Path) -> str:
         return run(list(args), cwd, env=env).stdout
 
-    repo = make_repo_copy(tmp_path / "repo", TINY_PARAMS)
+    repo = reproduced_copy
     origin = tmp_path / "origin.git"
     sh("git", "init", "-q", "--bare", "-b", "main", str(origin), cwd=tmp_path)
     sh("git", "remote", "add", "origin", str(origin), cwd=repo)

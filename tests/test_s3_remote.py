@@ -20,19 +20,13 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import make_repo_copy, recsys, run, tool_env
+from tests.conftest import copy_reproduced, recsys, run, tool_env
 from tests.s3_server import S3Server, private_s3_server, s3_dev
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.s3, pytest.mark.dvc]
 
 ROOT = Path(__file__).resolve().parents[1]
-# Tiny but complete: every stage does real work in a second or two.
-TINY_PARAMS: dict[str, dict] = {
-    "generate": {"users": 300, "interactions": 3000},
-    "als": {"factors": 8, "iterations": 2},
-    "runtime": {"threads": 1},
-}
 WORKSPACE_DIRS = ("data", "models", "metrics")
 
 
@@ -125,17 +119,21 @@ def dvc(
 
 
 @pytest.fixture(scope="module")
-def published(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Published:
+def published(
+    s3_server: S3Server,
+    reproduced_template: tuple[Path, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Published:
+    """The reproduced small copy with its remote in a new bucket, pushed, and its git history
+    in a bare origin (the one reproduction of the run is reused, not redone)."""
     base = tmp_path_factory.mktemp("s3-remote")
     env = s3_server.aws_env(tool_env())
     env["AWS_ENDPOINT_URL_S3"] = s3_server.endpoint
     env["DVC_SITE_CACHE_DIR"] = str(base / "site-cache")
     bucket = s3_server.new_bucket("recsys")
-    repo = make_repo_copy(base / "repo", TINY_PARAMS)
+    repo = copy_reproduced(reproduced_template[0], base / "repo")
     dvc(repo, "remote", "modify", "storage", "url", f"s3://{bucket}/store", env=env)
-    dvc(repo, "repro", env=env)
-    run(["git", "add", "-A"], repo, env=env)
-    run(["git", "commit", "-q", "-m", "reproduce, remote in test bucket"], repo, env=env)
+    run(["git", "commit", "-qam", "remote in the test bucket"], repo, env=env)
     push = dvc(repo, "push", env=env)
     assert "pushed" in push.stdout, push.stdout
     origin = base / "origin.git"
