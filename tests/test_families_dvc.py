@@ -50,8 +50,9 @@ def families(
 
 def test_every_family_runs_only_the_model_stages(families) -> None:
     _, runs, _ = families
-    # spark_als runs through dvc in tests/test_spark_cluster.py (on a standalone cluster)
-    assert set(OTHERS) | {"als", "spark_als"} == set(FAMILIES)
+    # spark_als runs through dvc in tests/test_spark_cluster.py (on a standalone cluster),
+    # rerank in tests/test_rerank.py
+    assert set(OTHERS) | {"als", "spark_als", "rerank"} == set(FAMILIES)
     for name, result in runs.items():
         expected = set(MODEL_STAGES) - ({"export"} if name != OTHERS[-1] else set())
         assert ran(result["output"]) == expected, (name, result["output"])
