@@ -43,7 +43,7 @@ SMALL = {
                   "user_blocks": 2, "item_blocks": 2, "seed": 3, "checkpoint_interval": 2,
                   "master": "local[2]", "driver_memory": "1g", "executor_memory": "1g"},
     "rerank": {"generators": ["ease", "rp3beta", "category_popular"], "candidates": 10,
-               "validation_fraction": 0.25, "ranker_users": 0, "trees": 20,
+               "validation_fraction": 0.25, "carves": 1, "ranker_users": 0, "trees": 20,
                "learning_rate": 0.1, "leaves": 7, "min_child_samples": 5, "seed": 3,
                "ease": {"l2": 10.0}, "rp3beta": {"alpha": 1.0, "beta": 0.5, "neighbours": 20}},
 }  # fmt: skip

@@ -35,6 +35,7 @@ SMALL = {
     "generators": ["ease", "rp3beta", "als", "category_popular"],
     "candidates": 12,
     "validation_fraction": 0.25,
+    "carves": 1,
     "ranker_users": 0,
     "trees": 20,
     "learning_rate": 0.1,
@@ -184,6 +185,22 @@ def test_a_session_is_scored_from_its_items(model, data) -> None:
     order = np.argsort(-np.where(np.isnan(session), -np.inf, session), axis=1, kind="stable")
     np.testing.assert_array_equal(order[:, :K], ids)
     np.testing.assert_allclose(np.take_along_axis(session, ids, axis=1), scores)
+
+
+def test_carves_average_their_rankers(data, tmp_path: Path) -> None:
+    train, _, items = data
+    two = RerankModel.fit(train, params(carves=2, trees=5), 1, items=items)
+    assert len(two.rankers) == 2 and two.rankers[0] != two.rankers[1]
+    two.save(tmp_path / "two.npz")
+    again = load_model(tmp_path / "two.npz", "rerank", train.shape, threads=1)
+    assert again.rankers == two.rankers
+    users = np.arange(30)
+    _, _, feats = two._candidates(train[users], users)
+    one = [RerankModel.__new__(RerankModel) for _ in range(2)]
+    for model, text in zip(one, two.rankers, strict=True):
+        model.rankers, model._boosters, model.threads = [text], [], 1
+    mean = (one[0]._predict(feats).astype(np.float64) + one[1]._predict(feats)) / 2
+    np.testing.assert_allclose(two._predict(feats), mean, rtol=1e-5, atol=1e-6)
 
 
 def test_no_catalogue_still_fits(data) -> None:

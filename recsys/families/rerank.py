@@ -1,7 +1,9 @@
 """Two-stage reranking (`model.type: rerank`): candidate generators, then LightGBM LambdaRank.
 
 Stage one: a configurable list of generators (families of this package, plus
-`category_popular`: the items most used in the categories the user has used) each propose
+`category_popular`: the items most used in the categories the user has used, and
+`cooccurrence`: for each of the user's items, the share of its users who also used the
+candidate, summed over the user's items of the candidate's category) each propose
 their top `candidates` items for a user; the union is the user's candidate list. Stage two:
 a LightGBM `lambdarank` model orders the candidates from features of each (user, item) pair:
 every generator's score for the item (not only the generators that proposed it), its rank
@@ -35,7 +37,15 @@ import scipy.sparse as sp
 
 from recsys.errors import StageError
 from recsys.families.als import AlsModel
-from recsys.families.base import Family, Progress, batches, binary, require, top_k_dense
+from recsys.families.base import (
+    Family,
+    Progress,
+    batches,
+    binary,
+    dense_scores,
+    require,
+    top_k_dense,
+)
 from recsys.families.bpr import BprModel
 from recsys.families.ease import EaseModel
 from recsys.families.factors import FactorFamily
@@ -51,7 +61,10 @@ FAMILY_GENERATORS: dict[str, type[Family]] = {
     for cls in (EaseModel, Rp3betaModel, ItemKnnModel, AlsModel, BprModel, LmfModel, PopularModel)
 }
 CATEGORY_POPULAR = "category_popular"
-GENERATORS = (*FAMILY_GENERATORS, CATEGORY_POPULAR)
+COOCCURRENCE = "cooccurrence"
+# built from the model's own arrays (no params, nothing fitted apart)
+OWN_GENERATORS = (CATEGORY_POPULAR, COOCCURRENCE)
+GENERATORS = (*FAMILY_GENERATORS, *OWN_GENERATORS)
 SEP = "__"  # generator name / its array name in the model file
 # Per-pair features besides each generator's score, rank and gap (see `_features`).
 PAIR_FEATURES = (
@@ -59,7 +72,8 @@ PAIR_FEATURES = (
     "in_category", "category_share", "in_style", "same_gender", "other_gender",
     "price_vs_user", "price_vs_category",
     "linked", "follows_max", "follows_sum", "leads_max", "follows_max_category",
-    "follows_sum_category", "category_follows",
+    "follows_sum_category", "category_follows", "linked_category", "user_gender",
+    "follows_gender_sum_category", "follows_gender_max",
 )  # fmt: skip
 GENDERS = ("F", "M")  # item GENDER values with a pool of their own; anything else is none
 
@@ -71,6 +85,7 @@ class RerankParams:
     generators: tuple[str, ...]
     candidates: int
     validation_fraction: float
+    carves: int
     ranker_users: int
     trees: int
     learning_rate: float
@@ -119,6 +134,7 @@ class RerankParams:
             validation_fraction=s.float(
                 "validation_fraction", min=0.0, max=1.0, min_exclusive=True, max_exclusive=True
             ),  # fmt: skip
+            carves=s.int("carves", min=1, max=20),
             ranker_users=s.int("ranker_users", min=0, hint=" (0: every user)"),
             trees=s.int("trees", min=1, max=10_000),
             learning_rate=s.float("learning_rate", min=0.0, max=1.0, min_exclusive=True),
@@ -251,10 +267,10 @@ class RerankModel(Family):
         cooccurrence: sp.csr_matrix,
         category_pairs: np.ndarray,
         candidates: int,
-        ranker: str,
+        rankers: list[str],
         threads: int,
     ) -> None:
-        self.generators = generators  # name -> fitted family (None: category_popular)
+        self.generators = generators  # name -> fitted family (None: OWN_GENERATORS)
         self.items = items
         self.users_per_item = np.asarray(users_per_item, dtype=np.int64)
         # distinct users of both items, items x items (diagonal: of the item), sorted CSR
@@ -262,13 +278,22 @@ class RerankModel(Family):
         c = cooccurrence
         self._pair_keys = np.repeat(np.arange(c.shape[0], dtype=np.int64), np.diff(c.indptr))
         self._pair_keys = self._pair_keys * c.shape[1] + c.indices
+        # the cooccurrence generator: share of t's users who use j, t and j of one category
+        n = c.shape[1]
+        both = sp.csr_matrix(c[:n])
+        t = np.repeat(np.arange(n), np.diff(both.indptr))
+        keep = (items.category[t] == items.category[both.indices]) & (t != both.indices)
+        own = np.maximum(both.diagonal(), 1).astype(np.float32)
+        self._follows = sp.csr_matrix(
+            (both.data[keep] / own[t[keep]], (t[keep], both.indices[keep])), shape=(n, n)
+        )
         # distinct users of both categories, categories x categories
         self.category_pairs = np.asarray(category_pairs, dtype=np.float32)
         self.candidates = int(candidates)
-        self.ranker_text = ranker
+        self.rankers = list(rankers)  # LightGBM text models, one per carve
         self.threads = threads
         self.losses: list[float] = []
-        self._booster: Any = None
+        self._boosters: list[Any] = []
         self._category_hot = _one_hot(items.category)
         self._style_hot = _one_hot(items.style)
         self._gender_hot = _one_hot(items.gender)
@@ -278,7 +303,7 @@ class RerankModel(Family):
 
     @staticmethod
     def iterations(params: RerankParams) -> int:
-        return 3  # inner generators, ranker, final generators
+        return params.carves + 1  # a ranker per carve, then the final generators
 
     @property
     def n_items(self) -> int:
@@ -306,27 +331,28 @@ class RerankModel(Family):
                 f"item features for {items.category.size} items; the training matrix has "
                 f"{n_items}; re-run dvc repro"
             )
-        inner, valid = carve(train, params.validation_fraction, params.seed)
-        first = cls._fit_generators(inner, params, items, threads, ranker="")
+        rankers = []
+        for i in range(params.carves):  # each carve's ranker; their scores are averaged
+            seed = params.seed + i
+            inner, valid = carve(train, params.validation_fraction, seed)
+            first = cls._fit_generators(inner, params, items, threads, rankers=[])
+            users = ranker_users(inner, valid, params.ranker_users, seed)
+            rankers.append(first._fit_ranker(inner, valid, users, params, seed, threads))
+            if on_iteration is not None:
+                on_iteration(i + 1, None)
+        model = cls._fit_generators(train, params, items, threads, rankers=rankers)
         if on_iteration is not None:
-            on_iteration(1, None)
-        users = ranker_users(inner, valid, params.ranker_users, params.seed)
-        ranker = first._fit_ranker(inner, valid, users, params, threads)
-        if on_iteration is not None:
-            on_iteration(2, None)
-        model = cls._fit_generators(train, params, items, threads, ranker=ranker)
-        if on_iteration is not None:
-            on_iteration(3, None)
+            on_iteration(params.carves + 1, None)
         return model
 
     @classmethod
     def _fit_generators(
         cls, train: sp.csr_matrix, params: RerankParams, items: ItemFeatures, threads: int,
-        ranker: str,
+        rankers: list[str],
     ) -> RerankModel:  # fmt: skip
         generators: dict[str, Family | None] = {}
         for name in params.generators:
-            if name == CATEGORY_POPULAR:
+            if name in OWN_GENERATORS:
                 generators[name] = None
             else:
                 generators[name] = FAMILY_GENERATORS[name].fit(
@@ -336,8 +362,10 @@ class RerankModel(Family):
         counts = np.bincount(x.indices, minlength=train.shape[1])
         used = (x @ _one_hot(items.category)) > 0
         categories = np.asarray((used.T.astype(np.float32) @ used.astype(np.float32)).todense())
-        return cls(generators, items, counts, cooccurrence(x), categories, params.candidates,
-                   ranker, threads)  # fmt: skip
+        pairs = cooccurrence(x, items.gender)
+        return cls(
+            generators, items, counts, pairs, categories, params.candidates, rankers, threads
+        )
 
     def _fit_ranker(
         self,
@@ -345,6 +373,7 @@ class RerankModel(Family):
         valid: sp.csr_matrix,
         users: np.ndarray,
         params: RerankParams,
+        seed: int,
         threads: int,
     ) -> str:
         """LightGBM LambdaRank on the candidates of `users`, labelled by `valid`."""
@@ -376,7 +405,7 @@ class RerankModel(Family):
             "learning_rate": params.learning_rate,
             "num_leaves": params.leaves,
             "min_child_samples": params.min_child_samples,
-            "seed": params.seed,
+            "seed": seed,
             "deterministic": True,
             "force_col_wise": True,
             "num_threads": threads,
@@ -400,6 +429,8 @@ class RerankModel(Family):
         """One generator's scores over all items for a block of users (rows: their items);
         -inf where it has none. Known users of a factor model use their fitted factors."""
         model = self.generators[name]
+        if name == COOCCURRENCE:
+            return dense_scores(binary(rows) @ self._follows, -np.inf)
         if model is None:  # category_popular: items of the user's categories, popular first
             counts = np.asarray(binary(rows) @ self._category_hot.toarray())
             scale = self.users_per_item.max(initial=0) + 1.0
@@ -481,7 +512,8 @@ class RerankModel(Family):
             share = n_cat / hist
         return [
             proposed.astype(np.float32),
-            np.log1p(self.users_per_item[c]),
+            self.users_per_item[c] / np.float32(max(1, self.users_per_item.sum())),  # a share:
+            # the same scale on the inner train as on the whole
             gender,
             price,
             hist,
@@ -517,18 +549,19 @@ class RerankModel(Family):
         counts = np.diff(x.indptr)[r]
         pair = np.repeat(np.arange(r.size), counts)
         first = np.repeat(x.indptr[r] - np.cumsum(counts) + counts, counts)
-        t = x.indices[np.arange(pair.size) + first]
-        cand = c[pair]
-        keys = t.astype(np.int64) * n_items + cand
-        at = np.searchsorted(self._pair_keys, keys)
-        ok = at < self._pair_keys.size
-        ok[ok] = self._pair_keys[at[ok]] == keys[ok]
-        both = np.zeros(keys.size, dtype=np.float32)
-        both[ok] = self.cooccurrence.data[at[ok]]
+        t = x.indices[np.arange(pair.size) + first].astype(np.int64)
+        cand = c[pair].astype(np.int64)
+        both = self._pairs(t, cand)
         own = np.maximum(self.users_per_item, 1).astype(np.float32)
         follows = both / own[t]
         leads = both / own[cand]
         same = self.items.category[t] == self.items.category[cand]
+        # the same within the row's gender pool (block 1: F, 2: M)
+        gender = user_genders(x, self.items.gender)
+        g = gender[r][pair]
+        both_g = self._pairs(g * n_items + t, cand)
+        own_g = np.maximum(self._pairs(g * n_items + t, t), 1)
+        follows_g = np.where(g > 0, both_g / own_g, 0)
 
         has = counts > 0
         starts = (np.cumsum(counts) - counts)[has]
@@ -546,16 +579,34 @@ class RerankModel(Family):
             reduce(leads, np.maximum),
             reduce(np.where(same, follows, 0), np.maximum),
             reduce(np.where(same, follows, 0), np.add),
+            reduce(((both > 0) & same).astype(np.float32), np.add),
+            gender[r].astype(np.float32),
+            np.where(gender[r] > 0, reduce(np.where(same, follows_g, 0), np.add), np.nan),
+            np.where(gender[r] > 0, reduce(follows_g, np.maximum), np.nan),
         ]
 
+    def _pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Entries (rows, cols) of the stacked co-occurrence matrix (0 where not stored)."""
+        keys = rows * self.n_items + cols
+        at = np.searchsorted(self._pair_keys, keys)
+        ok = at < self._pair_keys.size
+        ok[ok] = self._pair_keys[at[ok]] == keys[ok]
+        out = np.zeros(keys.size, dtype=np.float32)
+        out[ok] = self.cooccurrence.data[at[ok]]
+        return out
+
     def _predict(self, feats: np.ndarray) -> np.ndarray:
-        if self._booster is None:
+        """The mean of the carves' rankers' scores."""
+        if not self._boosters:
             import lightgbm as lgb
 
-            self._booster = lgb.Booster(model_str=self.ranker_text)
+            self._boosters = [lgb.Booster(model_str=text) for text in self.rankers]
         if feats.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        return np.asarray(self._booster.predict(feats, num_threads=self.threads), dtype=np.float32)
+        total = np.zeros(feats.shape[0], dtype=np.float64)
+        for booster in self._boosters:
+            total += booster.predict(feats, num_threads=self.threads)
+        return (total / len(self._boosters)).astype(np.float32)
 
     def _ranked_block(
         self, rows: sp.csr_matrix, users: np.ndarray | None
@@ -615,7 +666,8 @@ class RerankModel(Family):
             "generators": np.array(list(self.generators)),
             "candidates": np.array(self.candidates, dtype=np.int64),
             "users_per_item": self.users_per_item,
-            "ranker": np.frombuffer(self.ranker_text.encode(), dtype=np.uint8),
+            # the text models, NUL-separated (LightGBM's text never holds NUL)
+            "ranker": np.frombuffer("\0".join(self.rankers).encode(), dtype=np.uint8),
             "cooccurrence_data": self.cooccurrence.data,
             "cooccurrence_indices": self.cooccurrence.indices,
             "cooccurrence_indptr": self.cooccurrence.indptr,
@@ -642,20 +694,21 @@ class RerankModel(Family):
             raise StageError(f"{path}: users_per_item must be {n_items} counts; re-run dvc repro")
         generators: dict[str, Family | None] = {}
         for name in names:
-            if name == CATEGORY_POPULAR:
+            if name in OWN_GENERATORS:
                 generators[name] = None
                 continue
             prefix = f"{name}{SEP}"
             own = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
             generators[name] = FAMILY_GENERATORS[name].from_arrays(own, path, shape, threads)
         ranker = arrays["ranker"]
-        if ranker.dtype != np.uint8 or ranker.ndim != 1:
-            raise StageError(f"{path}: ranker must be the LightGBM text model as bytes")
+        if ranker.dtype != np.uint8 or ranker.ndim != 1 or ranker.size == 0:
+            raise StageError(f"{path}: ranker must be LightGBM text models as bytes")
+        rankers = ranker.tobytes().decode().split("\0")
         items = ItemFeatures.from_arrays(arrays, path, n_items)
         keys = ("cooccurrence_data", "cooccurrence_indices", "cooccurrence_indptr")
         require(arrays, path, *keys)
         try:
-            pairs = sp.csr_matrix(tuple(arrays[k] for k in keys), shape=(n_items, n_items))
+            pairs = sp.csr_matrix(tuple(arrays[k] for k in keys), shape=(3 * n_items, n_items))
             pairs.check_format(full_check=True)
         except ValueError:
             raise StageError(f"{path}: invalid co-occurrence matrix; re-run dvc repro") from None
@@ -669,7 +722,7 @@ class RerankModel(Family):
                 f"{path}: category_pairs must be {size} x {size} counts; re-run dvc repro"
             )
         return cls(generators, items, counts, pairs, categories, int(arrays["candidates"]),
-                   ranker.tobytes().decode(), threads)  # fmt: skip
+                   rankers, threads)  # fmt: skip
 
 
 # ---------------------------------------------------------------------- helpers
@@ -699,9 +752,21 @@ def carve(train: sp.csr_matrix, fraction: float, seed: int) -> tuple[sp.csr_matr
     return part(~held), part(held)
 
 
-def cooccurrence(x: sp.csr_matrix) -> sp.csr_matrix:
-    """Distinct users of each pair of items (binary `x`), float32 CSR with sorted indices."""
-    pairs = sp.csr_matrix(x.T @ x, dtype=np.float32)
+def user_genders(x: sp.csr_matrix, item_gender: np.ndarray) -> np.ndarray:
+    """Each row's gender pool as its items show it: 1 (F) or 2 (M) where the row has more
+    items of that gender than of the other, else 0."""
+    counts = np.asarray((x @ _one_hot(item_gender)).todense())
+    counts = np.pad(counts, ((0, 0), (0, max(0, 3 - counts.shape[1]))))
+    return np.where(counts[:, 1] > counts[:, 2], 1, np.where(counts[:, 2] > counts[:, 1], 2, 0))
+
+
+def cooccurrence(x: sp.csr_matrix, item_gender: np.ndarray) -> sp.csr_matrix:
+    """Distinct users of each pair of items (binary `x`): three items x items blocks stacked
+    (all users, users of the F pool, of the M pool: a category's ungendered items follow
+    other cliques for F and M users), float32 CSR with sorted indices."""
+    gender = user_genders(x, item_gender)
+    blocks = [x.T @ x] + [x[gender == g].T @ x[gender == g] for g in (1, 2)]
+    pairs = sp.csr_matrix(sp.vstack(blocks), dtype=np.float32)
     pairs.sum_duplicates()
     pairs.sort_indices()
     return pairs
