@@ -1,5 +1,6 @@
 """Benchmark the model families side by side: fit time and peak memory of train, scoring
-time and peak memory of evaluate, per family, on the same data in the same run.
+time (in all and per evaluated user) and peak memory of evaluate, model and bundle size, per
+family, on the same data in the same run.
 
 Not a test: it prints figures. The data stages run once per scale in a scratch copy of the
 repository; then, for every family, `model.type` is set in the copy's params.yaml (each
@@ -10,6 +11,7 @@ ALS is always measured too, as the reference.
     python scripts/bench_families.py                      # default scale, every family
     python scripts/bench_families.py --scale 1 10         # also 10x
     python scripts/bench_families.py --scale 0.02 --families als ease   # a quick check
+    python scripts/bench_families.py --families ease rp3beta itemknn rerank
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ def main() -> None:
                     raise SystemExit(f"stage {stage} failed: {error.splitlines()[-1]}")
             head = (
                 f"{'family':<9}{'fit s':>8}{'train s':>9}{'train MiB':>11}{'model MiB':>11}"
-                f"{'scoring s':>11}{'evaluate s':>12}{'eval MiB':>10}{'export s':>10}"
-                f"{'MAP@K':>9}"
+                f"{'scoring s':>11}{'ms/user':>9}{'evaluate s':>12}{'eval MiB':>10}"
+                f"{'export s':>10}{'bundle MiB':>12}{'MAP@K':>9}"
             )
             print(head)
             for family in families:
@@ -87,10 +89,14 @@ def main() -> None:
                 fit = seconds(r"fit (\d+\.\d+)s", out)
                 scoring = seconds(r"scoring (\d+\.\d+)s", ev_out)
                 map_k = seconds(r"MAP@\d+ (\d+\.\d+)", ev_out)
+                users = seconds(r"evaluate: \w+ (\d+) users", ev_out.replace(",", ""))
+                per_user = 1000 * scoring / users if users else float("nan")
+                bundle = repo / "models" / "bundle"
+                bundle_mib = sum(f.stat().st_size for f in bundle.iterdir()) / 2**20
                 print(
                     f"{family:<9}{fit:>8.2f}{wall:>9.2f}{rss:>11.0f}{model_mib:>11.1f}"
-                    f"{scoring:>11.2f}{ev_wall:>12.2f}{ev_rss:>10.0f}"
-                    f"{results['export'].wall:>10.2f}{map_k:>9.4f}"
+                    f"{scoring:>11.2f}{per_user:>9.3f}{ev_wall:>12.2f}{ev_rss:>10.0f}"
+                    f"{results['export'].wall:>10.2f}{bundle_mib:>12.1f}{map_k:>9.4f}"
                 )
 
 

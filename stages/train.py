@@ -4,10 +4,13 @@ import sys
 import time
 
 from recsys.cli import run_stage
+from recsys.errors import StageError
 from recsys.families import load_family, model_file
 from recsys.families.als import check_train, loss_csv
+from recsys.families.rerank import load_item_features
+from recsys.ids import load_ids
 from recsys.io import live_json, load_csr, write_text
-from recsys.paths import TRAIN, TRAIN_LOSS, TRAIN_PROGRESS
+from recsys.paths import ITEM_IDS, ITEMS, TRAIN, TRAIN_LOSS, TRAIN_PROGRESS
 from recsys.threads import stage_threads
 
 
@@ -19,6 +22,15 @@ def main() -> None:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     iterations = family.iterations(params)
+    inputs = {}
+    if family.ITEM_FEATURES:  # rerank: the catalogue's category, style, gender and price
+        item_ids = load_ids(ITEM_IDS, "ITEM_ID")
+        if item_ids.size != train.shape[1]:
+            raise StageError(
+                f"{ITEM_IDS} lists {item_ids.size:,} items; {TRAIN} has {train.shape[1]:,} "
+                "columns; re-run dvc repro"
+            )
+        inputs["items"] = load_item_features(ITEMS, item_ids)
 
     with live_json(TRAIN_PROGRESS) as publish:  # live in `dvc exp show`; undone on failure
 
@@ -28,7 +40,7 @@ def main() -> None:
 
         report(0, None)
         start = time.perf_counter()
-        model = family.fit(train, params, threads, on_iteration=report)
+        model = family.fit(train, params, threads, on_iteration=report, **inputs)
         seconds = time.perf_counter() - start
         model.save(model_file(family.type))
         write_text(TRAIN_LOSS, loss_csv(model.losses))

@@ -42,6 +42,10 @@ SMALL = {
     "spark_als": {"factors": 8, "iterations": 4, "regularization": 0.05, "alpha": 5.0,
                   "user_blocks": 2, "item_blocks": 2, "seed": 3, "checkpoint_interval": 2,
                   "master": "local[2]", "driver_memory": "1g", "executor_memory": "1g"},
+    "rerank": {"generators": ["ease", "rp3beta", "category_popular"], "candidates": 10,
+               "validation_fraction": 0.25, "carves": 1, "ranker_users": 0, "trees": 20,
+               "learning_rate": 0.1, "leaves": 7, "min_child_samples": 5, "seed": 3,
+               "ease": {"l2": 10.0}, "rp3beta": {"alpha": 1.0, "beta": 0.5, "neighbours": 20}},
 }  # fmt: skip
 K = 10
 # Every family, Spark's behind the slow marker: its JVM costs more than the rest of the file.
@@ -79,7 +83,7 @@ def fitted(split) -> Fitted:
 
 def test_the_registry_names_every_family_and_its_section() -> None:
     assert list(FAMILIES) == [
-        "als", "bpr", "lmf", "itemknn", "ease", "rp3beta", "popular", "spark_als"
+        "als", "bpr", "lmf", "itemknn", "ease", "rp3beta", "popular", "spark_als", "rerank"
     ]  # fmt: skip
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert shipped["model"] == {"type": "als"}

@@ -17,7 +17,6 @@ from tests.conftest import copy_reproduced, recsys, run, set_params
 
 pytestmark = pytest.mark.dvc
 
-# spark_als runs through dvc in tests/test_spark_cluster.py (on a standalone cluster)
 OTHERS = ["bpr", "lmf", "ease", "rp3beta", "popular", "itemknn"]
 WITH_BUNDLE = "itemknn"  # the one whose bundle the CLI is asked about (export costs time)
 MODEL_STAGES = ("train", "evaluate", "export")
@@ -32,7 +31,9 @@ def ran(output: str) -> set[str]:
 
 
 def test_every_family_but_als_and_spark_als_is_run_here() -> None:
-    assert set(OTHERS) | {"als", "spark_als"} == set(FAMILIES)
+    # spark_als runs through dvc in tests/test_spark_cluster.py (on a standalone cluster),
+    # rerank in tests/test_rerank.py (slow)
+    assert set(OTHERS) | {"als", "spark_als", "rerank"} == set(FAMILIES)
 
 
 def switch(template: Path, dest: Path, name: str) -> tuple[Path, dict, dict, str]:

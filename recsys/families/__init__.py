@@ -14,6 +14,7 @@ train, evaluate, export, the bundle and `recsys.recommend` use.
 | rp3beta | `rp3beta` (ours) | sparse item x item random-walk weights |
 | popular | `popular` | distinct users per item |
 | spark_als | `spark_als` (MLlib ALS, implicit) | user/item factors, regularization, alpha |
+| rerank | `rerank` (generators + LightGBM) | generators' arrays, item features, text ranker |
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from recsys.families.ease import EaseModel
 from recsys.families.itemknn import ItemKnnModel
 from recsys.families.lmf import LmfModel
 from recsys.families.popular import PopularModel
+from recsys.families.rerank import RerankModel
 from recsys.families.rp3beta import Rp3betaModel
 from recsys.families.spark_als import SparkAlsModel
 from recsys.io import load_npz
@@ -40,7 +42,7 @@ FAMILIES: dict[str, type[Family]] = {
     cls.type: cls
     for cls in (
         AlsModel, BprModel, LmfModel, ItemKnnModel, EaseModel, Rp3betaModel, PopularModel,
-        SparkAlsModel,
+        SparkAlsModel, RerankModel,
     )
 }  # fmt: skip
 DEFAULT = "als"

@@ -39,6 +39,8 @@ class Family(ABC):
     USER_ARRAYS: ClassVar[tuple[str, ...]] = ()
     # popular has no knobs: its params section may be empty or missing
     OPTIONAL_SECTION: ClassVar[bool] = False
+    # the train stage passes `fit` the catalogue's features as `items=` (rerank)
+    ITEM_FEATURES: ClassVar[bool] = False
 
     #: training loss per iteration, where the family reports one (ALS)
     losses: list[float]
