@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make repro   create/reuse .venv from requirements.txt, then run the pipeline (dvc repro)
-#   make test    create/reuse .venv from requirements.txt, then run the test suite (about 7 min on 2 cores)
+#   make test    create/reuse .venv from requirements.txt, then run the test suite (about 6 min on 2 cores)
 # Both install the `recsys` command (recsys --help) into .venv.
 #   make docs    serve the docs site on http://127.0.0.1:8001 (mkdocs, live reload)
 #   make serve   the HTTP service over models/bundle (docs: Deploy)
@@ -10,8 +10,9 @@ BIN := $(CURDIR)/$(VENV)/bin
 # Stages run as `python -m stages.X` through dvc: put the venv first so they find its packages.
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
-# pytest workers: two per core by default (most tests wait on dvc and server subprocesses, so
-# on 2 cores 4 workers beat 2: 410 s against 488 s for the same 577 tests);
+# pytest workers: two per core by default; --dist loadgroup keeps the tests of a module-scoped
+# fixture on one worker (tests/conftest.py). Most tests wait on dvc and server subprocesses, so
+# on 2 cores 4 workers beat 2 (410 s against 488 s for 577 tests, with worksteal);
 # `make test WORKERS=1` runs serially.
 CORES := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 WORKERS ?= $(shell echo $$(( $(CORES) * 2 )))
@@ -35,9 +36,9 @@ repro: setup
 	@echo "==> dvc repro: generate -> confidence -> matrix -> mask -> train -> evaluate -> export"
 	dvc repro
 
-# Usually about 7 minutes on 2 cores; the Spark tests and the two-day loop are in test-all.
+# Usually about 6 minutes on 2 cores (371 s for 587 tests on an idle 2-core machine); the Spark tests and the two-day loop are in test-all.
 test: setup
-	@echo "==> pytest on $(WORKERS) workers (usually about 7 minutes on 2 cores)"
+	@echo "==> pytest on $(WORKERS) workers (usually about 6 minutes on 2 cores)"
 	python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test-all: setup
