@@ -71,17 +71,7 @@ class GateParams:
 
     @classmethod
     def from_section(cls, s: Section) -> GateParams:
-        metrics = s.raw("metrics", ["map_at_k", "ndcg_at_k"])
-        if (
-            not isinstance(metrics, list)
-            or not metrics
-            or any(m not in GATE_METRICS for m in metrics)
-            or len(set(metrics)) != len(metrics)
-        ):
-            raise StageError(
-                f"params.yaml: gate.metrics = {metrics!r}; expected a list of distinct "
-                f"names from {', '.join(GATE_METRICS)}"
-            )
+        metrics = s.choices("metrics", list(GATE_METRICS), ["map_at_k", "ndcg_at_k"])
         return cls(
             rule=s.choice("rule", RULES, "better"),
             metrics=tuple(metrics),

@@ -204,6 +204,21 @@ class Section:
             raise self._fail(key, value, "one of " + ", ".join(choices))
         return value
 
+    def choices(self, key: str, choices: list[str], default: Any = _REQUIRED) -> list[str]:
+        """A non-empty list of distinct names, each one of `choices` (what to compare, which
+        generators to combine)."""
+        value = self._get(key, default)
+        if (
+            not isinstance(value, list)
+            or not value
+            or any(v not in choices for v in value)
+            or len(set(value)) != len(value)
+        ):
+            raise self._fail(
+                key, value, "a non-empty list of distinct names from " + ", ".join(choices)
+            )
+        return list(value)
+
     def str(self, key: str, default: Any = _REQUIRED, *, empty: bool = False) -> str:
         value = self._get(key, default)
         if not isinstance(value, str) or (not empty and not value.strip()):

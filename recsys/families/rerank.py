@@ -97,17 +97,7 @@ class RerankParams:
 
     @classmethod
     def from_section(cls, s: Section) -> RerankParams:
-        raw = s.raw("generators")
-        if (
-            not isinstance(raw, list)
-            or not raw
-            or any(g not in GENERATORS for g in raw)
-            or len(set(raw)) != len(raw)
-        ):
-            raise StageError(
-                f"params.yaml: rerank.generators = {raw!r}; expected a non-empty list of "
-                f"distinct names from {', '.join(GENERATORS)}"
-            )
+        raw = s.choices("generators", list(GENERATORS))
         settings: dict[str, Any] = {}
         for name, family in FAMILY_GENERATORS.items():
             values = s.raw(name, None)
