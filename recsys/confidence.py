@@ -9,11 +9,12 @@ of each pair is kept for the time-based split.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -32,6 +33,9 @@ from recsys.io import atomic_path
 from recsys.params import Section
 from recsys.paths import CONFIDENCE, INTERACTIONS
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 AGGREGATIONS = ["sum", "log"]
 # A weight is a relative importance. Beyond a 1e6 ratio float32 confidences (24-bit
 # mantissa) lose the small weights entirely, and near 3.4e38 they overflow to inf.
@@ -41,9 +45,16 @@ CHUNK_ROWS = 1 << 23  # events reduced at a time: 8M events cost about 0.5 GB to
 ROW_GROUP = 1 << 20  # pairs per Parquet row group (pyarrow's default)
 
 
-def _pairs_schema() -> pa.Schema:
+@functools.cache
+def pairs_schema() -> pa.Schema:
     """The schema, pandas metadata included, that pandas' `to_parquet` gave this file: the
-    stage writes Arrow directly now, and the same pairs still give the same bytes."""
+    stage writes Arrow directly now, and the same pairs still give the same bytes.
+
+    Built on first use: importing pandas costs about 0.3 CPU-s, and the stages that only
+    read events (mask) never need it.
+    """
+    import pandas as pd
+
     frame = pd.DataFrame(
         {
             "USER_ID": np.array(["u"], dtype=object),
@@ -53,9 +64,6 @@ def _pairs_schema() -> pa.Schema:
         }
     )
     return pa.Schema.from_pandas(frame, preserve_index=False)
-
-
-PAIRS_SCHEMA = _pairs_schema()
 
 
 @dataclass(frozen=True)
@@ -199,10 +207,10 @@ class Pairs:
                 pa.array(self.confidence[rows]),
                 pa.array(self.last_timestamp[rows]),
             ],
-            schema=PAIRS_SCHEMA,
+            schema=pairs_schema(),
         )
 
-    def to_frame(self) -> pd.DataFrame:
+    def to_frame(self) -> pd.DataFrame:  # tests and notebooks
         return self.table().to_pandas()
 
 
@@ -296,7 +304,7 @@ def write_pairs(pairs: Pairs, path: Path | str = CONFIDENCE) -> None:
     time; the bytes are those pandas' `to_parquet` wrote for the same pairs."""
     with (
         atomic_path(path) as tmp,
-        pq.ParquetWriter(tmp, PAIRS_SCHEMA, compression="zstd") as writer,
+        pq.ParquetWriter(tmp, pairs_schema(), compression="zstd") as writer,
     ):
         for start in range(0, max(len(pairs), 1), ROW_GROUP):
             writer.write_table(pairs.table(start, start + ROW_GROUP), row_group_size=ROW_GROUP)

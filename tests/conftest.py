@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,18 +146,39 @@ def make_repo_copy(dest: Path, params: dict[str, dict] | None = None) -> Path:
     return dest
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
     """For `make test` (pytest-xdist, `--dist loadgroup`): the tests of a module that share a
     module-scoped fixture go to one worker, so the fixture (a reproduced copy, a published
     remote, a queue run) is built once, not once per worker that picks up one of its tests;
-    and the tests driving dvc start first, so that the slowest do not start last."""
+    and the tests driving dvc start first, so that the slowest do not start last.
+
+    pytest-xdist tells its scheduler about a group by appending `@group` to the test ids,
+    which pytest 9.2 silently ignores (pytest-xdist#1386): every module fixture was then
+    built on every worker. After xdist's own hook has run, a grouped test without the
+    suffix is reported in the warnings summary: the run is still correct, only slower.
+    """
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)
         defs = fixtures.name2fixturedefs.values() if fixtures else []
         if any(d[-1].scope == "module" for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     items.sort(key=lambda item: item.get_closest_marker("dvc") is None)
+    result = yield
+    if os.environ.get("PYTEST_XDIST_WORKER") and config.getvalue("loadgroup"):
+        lost = [
+            i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid
+        ]
+        if lost:
+            warnings.warn(
+                pytest.PytestWarning(
+                    f"--dist loadgroup is not grouping ({lost[0]} has no @group suffix), so "
+                    "module fixtures are built on every worker: pytest-xdist does not support "
+                    "this pytest; install the versions in requirements.txt"
+                ),
+                stacklevel=1,
+            )
+    return result
 
 
 @pytest.fixture
