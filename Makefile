@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 CORES := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 WORKERS ?= $(shell echo $$(( $(CORES) * 2 )))
 
-.PHONY: setup repro test test-all docs docs-build lint format bench bench-families \
+.PHONY: setup repro test test-all docs docs-build lint format bench bench-tests bench-families \
 	bench-service fidelity serve clean-venv
 
 setup: $(VENV)/.installed
@@ -60,6 +60,10 @@ format: setup
 
 bench: setup
 	python scripts/benchmark.py
+
+# Where the test suite's time goes: CPU seconds per test module (docs/testing.md).
+bench-tests: setup
+	python scripts/bench_tests.py
 
 bench-families: setup
 	python scripts/bench_families.py

@@ -1,0 +1,117 @@
+"""Where the test suite's time goes: `make test`'s pytest run, with CPU seconds per test module.
+
+Not a test: it prints figures. It runs the suite as `make test` does (pytest-xdist,
+`--dist loadgroup`) with this file loaded as a pytest plugin in every worker, which records
+each test's wall time and CPU time: the worker's own plus that of the subprocesses it waited
+for (dvc, the stages, the `recsys` command). A module-scoped fixture is counted in the first
+test that uses it. Daemons a test does not wait for (the S3 server, `dvc queue` workers,
+services stopped by a signal) are only in the whole run's figure, which this script takes
+from the operating system when pytest exits.
+
+The baseline is the machine itself: the whole run's CPU seconds divided by the cores is the
+wall time a perfect schedule could reach, printed next to the measured wall time.
+
+    python scripts/bench_tests.py                  # the default suite, 2 workers per core
+    python scripts/bench_tests.py --workers 3 -- tests/test_gate.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LOG = "RECSYS_BENCH_TESTS_LOG"  # where each worker appends one JSON line per test
+
+
+def _cpu() -> tuple[float, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Plugin side: one JSON line per test with its wall, own CPU and waited-children CPU."""
+    own0, children0 = _cpu()
+    start = time.perf_counter()
+    result = yield
+    own1, children1 = _cpu()
+    if os.environ.get(LOG):
+        line = {
+            "test": item.nodeid.split("@")[0],
+            "wall": time.perf_counter() - start,
+            "cpu": (own1 - own0) + (children1 - children0),
+        }
+        with open(os.environ[LOG], "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+    return result
+
+
+def main() -> None:
+    cores = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2 * cores, help="pytest-xdist workers")
+    parser.add_argument("--top", type=int, default=15, help="modules to list")
+    parser.add_argument("pytest_args", nargs="*", help="passed to pytest after --")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        log = Path(scratch) / "tests.jsonl"
+        env = os.environ | {
+            LOG: str(log),
+            "PYTHONPATH": os.pathsep.join(
+                [str(ROOT / "scripts"), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+        }
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "bench_tests", "-p", "no:cacheprovider",
+               "-n", str(args.workers), "--dist", "loadgroup", "--no-loadscope-reorder",
+               *args.pytest_args]  # fmt: skip
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    summary = next(
+        (line.strip("= ") for line in reversed(proc.stdout.splitlines()) if " in " in line), ""
+    )
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n", file=sys.stderr)
+        sys.exit(f"bench_tests: pytest exited {proc.returncode}: {summary}")
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    total = user + system
+    per_module: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for row in rows:
+        module = row["test"].split("::")[0]
+        per_module[module][0] += row["cpu"]
+        per_module[module][1] += 1
+    counted = sum(row["cpu"] for row in rows)
+
+    print(f"== pytest -n {args.workers} --dist loadgroup on {cores} cores: {summary}")
+    print(f"wall {wall:8.1f} s")
+    print(f"CPU  {total:8.1f} s   user {user:.1f} + system {system:.1f}, every process waited for")
+    print(f"     {total / cores:8.1f} s   a perfect {cores}-core schedule's wall time: CPU / cores")
+    print(f"     {wall / (total / cores):8.2f} x   measured wall against that bound")
+    print(f"     {counted:8.1f} s   CPU counted per test ({counted / total:.0%} of the run)")
+    print(f"\n{'CPU s':>8} {'share':>6} {'tests':>6}  module (top {args.top})")
+    for module, (cpu, count) in sorted(per_module.items(), key=lambda kv: -kv[1][0])[: args.top]:
+        print(f"{cpu:8.1f} {cpu / total:6.1%} {int(count):6d}  {module}")
+    print(f"\n{'CPU s':>8} {'wall s':>7}  slowest tests by CPU")
+    for row in sorted(rows, key=lambda r: -r["cpu"])[:8]:
+        print(f"{row['cpu']:8.1f} {row['wall']:7.1f}  {row['test']}")
+
+
+if __name__ == "__main__":
+    main()
