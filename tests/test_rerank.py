@@ -33,6 +33,7 @@ from recsys.ids import save_ids
 from recsys.io import load_npz, md5sum, save_csr
 from recsys.metrics import hits_matrix
 from tests.conftest import copy_reproduced, parse, run, run_module, set_params
+from tests.served import invoke_lambda
 from tests.test_evaluate import GROUPS, split_matrix
 
 SMALL = {
@@ -356,8 +357,28 @@ def test_dvc_exp_run_rerank_reproduces_and_serves(reproduced_template, tmp_path:
     assert bundle.metadata["model_type"] == "rerank"
     user = str(bundle.user_ids[np.flatnonzero(bundle.personalised)[0]])
     assert bundle.recommend(user, 5).source == PERSONALISED
-    recs, unknown = bundle.recommend_session(bundle.item_ids[:2].tolist(), 5)
+    session = bundle.item_ids[:2].tolist()
+    recs, unknown = bundle.recommend_session(session, 5)
     assert recs.source == PERSONALISED and not unknown and len(recs) > 0
+    # the Lambda handler answers from the rerank bundle: a known user and a session
+    events = Path(__file__).parent / "lambda_events"
+    user_event = json.loads((events / "user.json").read_text())
+    user_event["rawPath"] = user_event["requestContext"]["http"]["path"] = (
+        f"/recommendations/{user}"
+    )
+    session_event = json.loads((events / "session.json").read_text())
+    session_event["body"] = json.dumps({"items": session, "n": 5})
+    session_event["headers"]["content-length"] = str(len(session_event["body"]))
+    for name, event in (("user", user_event), ("session", session_event)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(event))
+    answers, log = invoke_lambda(
+        [tmp_path / "user.json", tmp_path / "session.json"], BUNDLE_DIR=str(repo / "models/bundle")
+    )
+    got = [json.loads(answer["body"]) for answer in answers]
+    assert [a["statusCode"] for a in answers] == [200, 200], got
+    assert [x["item_id"] for x in got[0]["items"]] == list(bundle.recommend(user, 3))
+    assert [x["item_id"] for x in got[1]["items"]] == list(recs)
+    assert got[1]["source"] == PERSONALISED and "Traceback" not in log
     (repo / "models/rerank.npz").unlink()
     run(["dvc", "exp", "run", "-S", "model.type=rerank", "-f", "train"], repo)
     assert md5sum(repo / "models/rerank.npz") == first
