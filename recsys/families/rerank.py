@@ -257,7 +257,8 @@ class RerankModel(Family):
         "leads_indptr",
         "leads_indices",
     )
-    ITEM_FEATURES: ClassVar[bool] = True  # train passes `items=` (the catalogue's features)
+    # train passes `items=` (the catalogue's features) and `first_seen=` (the pairs' order)
+    ITEM_FEATURES: ClassVar[bool] = True
 
     def __init__(
         self,
