@@ -4,13 +4,22 @@ import sys
 import time
 
 from recsys.cli import run_stage
+from recsys.confidence import load_events
 from recsys.errors import StageError
 from recsys.families import load_family, model_file
 from recsys.families.als import check_train, loss_csv
-from recsys.families.rerank import load_item_features
+from recsys.families.rerank import first_seen, load_item_features
 from recsys.ids import load_ids
 from recsys.io import live_json, load_csr, write_text
-from recsys.paths import ITEM_IDS, ITEMS, TRAIN, TRAIN_LOSS, TRAIN_PROGRESS
+from recsys.paths import (
+    INTERACTIONS,
+    ITEM_IDS,
+    ITEMS,
+    TRAIN,
+    TRAIN_LOSS,
+    TRAIN_PROGRESS,
+    USER_IDS,
+)
 from recsys.threads import stage_threads
 
 
@@ -31,6 +40,15 @@ def main() -> None:
                 "columns; re-run dvc repro"
             )
         inputs["items"] = load_item_features(ITEMS, item_ids)
+        # the order of each user's training items: their pairs' first event times (the
+        # held-out pairs' events are read past)
+        user_ids = load_ids(USER_IDS, "USER_ID")
+        if user_ids.size != train.shape[0]:
+            raise StageError(
+                f"{USER_IDS} lists {user_ids.size:,} users; {TRAIN} has {train.shape[0]:,} "
+                "rows; re-run dvc repro"
+            )
+        inputs["first_seen"] = first_seen(load_events(INTERACTIONS), train, user_ids, item_ids)
 
     with live_json(TRAIN_PROGRESS) as publish:  # live in `dvc exp show`; undone on failure
 

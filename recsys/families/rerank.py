@@ -8,14 +8,18 @@ their top `candidates` items for a user; the union is the user's candidate list.
 a LightGBM `lambdarank` model orders the candidates from features of each (user, item) pair:
 every generator's score for the item (not only the generators that proposed it), its rank
 in their lists and its gap to their best score, the item's popularity, gender pool and
-price, and how the item matches the user's history (items of its category and style, of its
-gender, price relative to the user's, history size). Item metadata is what no single family
-uses; the ranker is where it enters.
+price, how the item matches the user's history (items of its category and style, of its
+gender, price relative to the user's, history size) and, where the training pairs' first
+event times are given, what followed the user's first item in the item's category among the
+other users whose first item there was the same (the lead item: on our shop, the first pick
+in a category fixes the clique the later picks come from). Item metadata and the order of a
+user's items are what no single family uses; the ranker is where they enter.
 
 Leakage: the ranker's labels come from a validation split carved out of the training pairs
 (`validation_fraction`, seeded): the generators are fitted on the rest (the inner train),
 the ranker learns which of their candidates are the validation pairs, and the generators are
-then refitted on the whole train for scoring. `fit` never sees the test pairs.
+then refitted on the whole train for scoring. `fit` never sees the test pairs, nor their
+times: `first_seen` holds the training pairs' only.
 
 Determinism: the carve and the ranker's user sample are seeded, LightGBM runs with
 `deterministic` and `force_col_wise` (each feature's histogram is summed by one thread, so
@@ -74,6 +78,8 @@ PAIR_FEATURES = (
     "linked", "follows_max", "follows_sum", "leads_max", "follows_max_category",
     "follows_sum_category", "category_follows", "linked_category", "user_gender",
     "follows_gender_sum_category", "follows_gender_max",
+    "lead_follows", "lead_follows_gender", "lead_users",
+    "leads_to_max", "leads_to_sum", "leads_to_max_gender", "leads_to_sum_gender",
 )  # fmt: skip
 GENDERS = ("F", "M")  # item GENDER values with a pool of their own; anything else is none
 
@@ -242,12 +248,17 @@ class RerankModel(Family):
 
     type = "rerank"
     Params = RerankParams
-    USER_ARRAYS = tuple(
-        f"{name}{SEP}user_factors"
-        for name, cls in FAMILY_GENERATORS.items()
-        if issubclass(cls, FactorFamily)
+    USER_ARRAYS = (
+        *(
+            f"{name}{SEP}user_factors"
+            for name, cls in FAMILY_GENERATORS.items()
+            if issubclass(cls, FactorFamily)
+        ),
+        "leads_indptr",
+        "leads_indices",
     )
-    ITEM_FEATURES: ClassVar[bool] = True  # train passes `items=` (the catalogue's features)
+    # train passes `items=` (the catalogue's features) and `first_seen=` (the pairs' order)
+    ITEM_FEATURES: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -259,18 +270,28 @@ class RerankModel(Family):
         candidates: int,
         rankers: list[str],
         threads: int,
+        lead_cooccurrence: sp.csr_matrix | None = None,
+        leads: sp.csr_matrix | None = None,
     ) -> None:
         self.generators = generators  # name -> fitted family (None: OWN_GENERATORS)
         self.items = items
         self.users_per_item = np.asarray(users_per_item, dtype=np.int64)
         # distinct users of both items, items x items (diagonal: of the item), sorted CSR
         self.cooccurrence = cooccurrence
-        c = cooccurrence
-        self._pair_keys = np.repeat(np.arange(c.shape[0], dtype=np.int64), np.diff(c.indptr))
-        self._pair_keys = self._pair_keys * c.shape[1] + c.indices
+        self._pair_keys = _keys(cooccurrence)
+        n = cooccurrence.shape[1]
+        # users whose lead (first item) in a category is the row item and who used the column
+        # item (diagonal: whose lead it is), three stacked blocks as `cooccurrence`; empty
+        # when the pairs' order was not given
+        if lead_cooccurrence is None:
+            lead_cooccurrence = sp.csr_matrix((3 * n, n), dtype=np.float32)
+        self.lead_cooccurrence = lead_cooccurrence
+        self._lead_keys = _keys(lead_cooccurrence)
+        # each known user's lead pairs (users x items, 1 per used category); None when the
+        # order was not given, and in the serving copy (sessions have no order)
+        self.leads = leads
         # the cooccurrence generator: share of t's users who use j, t and j of one category
-        n = c.shape[1]
-        both = sp.csr_matrix(c[:n])
+        both = sp.csr_matrix(cooccurrence[:n])
         t = np.repeat(np.arange(n), np.diff(both.indptr))
         keep = (items.category[t] == items.category[both.indices]) & (t != both.indices)
         own = np.maximum(both.diagonal(), 1).astype(np.float32)
@@ -309,11 +330,17 @@ class RerankModel(Family):
         threads: int,
         on_iteration: Progress | None = None,
         items: ItemFeatures | None = None,
+        first_seen: sp.csr_matrix | None = None,
     ) -> RerankModel:
         """Generators on the inner train, the ranker on the carved-out validation pairs,
-        then the generators again on all of `train` (see the module docstring)."""
+        then the generators again on all of `train` (see the module docstring).
+        `first_seen`: each training pair's first event time (`train`'s sparsity; see
+        `first_seen`), or None when the order is unknown (the lead features are missing)."""
         train = sp.csr_matrix(train, dtype=np.float32)
         train.sort_indices()
+        if first_seen is not None:
+            first_seen = sp.csr_matrix(first_seen)
+            first_seen.sort_indices()
         n_items = train.shape[1]
         items = items if items is not None else ItemFeatures.empty(n_items)
         if items.category.shape != (n_items,):
@@ -321,16 +348,22 @@ class RerankModel(Family):
                 f"item features for {items.category.size} items; the training matrix has "
                 f"{n_items}; re-run dvc repro"
             )
+        if first_seen is not None and (
+            first_seen.shape != train.shape
+            or not np.array_equal(first_seen.indptr, train.indptr)
+            or not np.array_equal(first_seen.indices, train.indices)
+        ):
+            raise StageError("first_seen must hold a time for each training pair, and only those")
         rankers = []
         for i in range(params.carves):  # each carve's ranker; their scores are averaged
             seed = params.seed + i
             inner, valid = carve(train, params.validation_fraction, seed)
-            first = cls._fit_generators(inner, params, items, threads, rankers=[])
+            first = cls._fit_generators(inner, params, items, threads, [], first_seen)
             users = ranker_users(inner, valid, params.ranker_users, seed)
             rankers.append(first._fit_ranker(inner, valid, users, params, seed, threads))
             if on_iteration is not None:
                 on_iteration(i + 1, None)
-        model = cls._fit_generators(train, params, items, threads, rankers=rankers)
+        model = cls._fit_generators(train, params, items, threads, rankers, first_seen)
         if on_iteration is not None:
             on_iteration(params.carves + 1, None)
         return model
@@ -338,7 +371,7 @@ class RerankModel(Family):
     @classmethod
     def _fit_generators(
         cls, train: sp.csr_matrix, params: RerankParams, items: ItemFeatures, threads: int,
-        rankers: list[str],
+        rankers: list[str], first_seen: sp.csr_matrix | None,
     ) -> RerankModel:  # fmt: skip
         generators: dict[str, Family | None] = {}
         for name in params.generators:
@@ -353,9 +386,11 @@ class RerankModel(Family):
         used = (x @ _one_hot(items.category)) > 0
         categories = np.asarray((used.T.astype(np.float32) @ used.astype(np.float32)).todense())
         pairs = cooccurrence(x, items.gender)
+        leads = None if first_seen is None else lead_pairs(x, first_seen, items.category)
         return cls(
-            generators, items, counts, pairs, categories, params.candidates, rankers, threads
-        )
+            generators, items, counts, pairs, categories, params.candidates, rankers, threads,
+            lead_cooccurrence(x, leads, items), leads,
+        )  # fmt: skip
 
     def _fit_ranker(
         self,
@@ -472,6 +507,7 @@ class RerankModel(Family):
             best = vals[:, 0][r]
             columns += [value, rank, best - value]
         columns += self._pair_features(rows, r, c, proposed)
+        columns += self._lead_features(rows, self._row_leads(rows, users), r, c)
         feats = np.column_stack(columns).astype(np.float32)
         return r, c, feats
 
@@ -577,13 +613,77 @@ class RerankModel(Family):
 
     def _pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Entries (rows, cols) of the stacked co-occurrence matrix (0 where not stored)."""
-        keys = rows * self.n_items + cols
-        at = np.searchsorted(self._pair_keys, keys)
-        ok = at < self._pair_keys.size
-        ok[ok] = self._pair_keys[at[ok]] == keys[ok]
-        out = np.zeros(keys.size, dtype=np.float32)
-        out[ok] = self.cooccurrence.data[at[ok]]
-        return out
+        return _entries(self.cooccurrence, self._pair_keys, rows, cols)
+
+    def _row_leads(self, rows: sp.csr_matrix, users: np.ndarray | None) -> sp.csr_matrix | None:
+        """The rows' lead pairs among their items: known users' from the fit (None for
+        sessions, or when the order was not given)."""
+        if self.leads is None or users is None:
+            return None
+        return sp.csr_matrix(self.leads[users].multiply(binary(rows)), dtype=np.float32)
+
+    def _lead_features(
+        self, rows: sp.csr_matrix, leads: sp.csr_matrix | None, r: np.ndarray, c: np.ndarray
+    ) -> list[np.ndarray]:
+        """The lead features of PAIR_FEATURES. With s the row's lead in the candidate's
+        category: the share of the users led by s who used the candidate (overall and in
+        the row's gender pool) and the share of all leads that s is; and for the candidate
+        as a lead, the share of the users it led who used each of the row's items of its
+        category (max and sum, overall and in the gender pool). NaN where unknown."""
+        n, size = self.n_items, r.size
+        missing = np.full(size, np.nan, dtype=np.float32)
+        if self.lead_cooccurrence.nnz == 0:  # fitted without the pairs' order
+            return [missing] * 7
+        x = binary(rows)
+        category = self.items.category
+        gender = user_genders(x, self.items.gender)[r].astype(np.int64)
+        lookup = self.lead_cooccurrence, self._lead_keys
+
+        def share(block: np.ndarray, lead: np.ndarray, item: np.ndarray) -> np.ndarray:
+            rows_at = block * n + lead
+            own = _entries(*lookup, rows_at, lead)
+            return _entries(*lookup, rows_at, item) / np.maximum(own, 1)
+
+        out = [missing, missing, missing]
+        if leads is not None:
+            lead_of = np.full((x.shape[0], int(category.max(initial=0)) + 1), -1, np.int64)
+            coo = leads.tocoo()
+            lead_of[coo.row, category[coo.col]] = coo.col
+            s = lead_of[r, category[c]]
+            has = s >= 0
+            s = np.where(has, s, 0)
+            total = max(1.0, float(self.lead_cooccurrence[:n].diagonal().sum()))
+            out = [
+                np.where(has, share(np.zeros_like(s), s, c), np.nan),
+                np.where(has & (gender > 0), share(gender, s, c), np.nan),
+                np.where(has, _entries(*lookup, s, s) / total, np.nan),
+            ]
+        # the candidate as a lead: over the row's items t of its category
+        counts = np.diff(x.indptr)[r]
+        pair = np.repeat(np.arange(size), counts)
+        first = np.repeat(x.indptr[r] - np.cumsum(counts) + counts, counts)
+        t = x.indices[np.arange(pair.size) + first].astype(np.int64)
+        cand = c[pair].astype(np.int64)
+        same = category[t] == category[cand]
+        g = gender[pair]
+        to = np.where(same, share(np.zeros_like(cand), cand, t), 0)
+        to_g = np.where(same & (g > 0), share(g, cand, t), 0)
+        has_rows = counts > 0
+        starts = (np.cumsum(counts) - counts)[has_rows]
+
+        def reduce(values: np.ndarray, how: Any) -> np.ndarray:
+            result = np.zeros(size, dtype=np.float32)
+            if starts.size:
+                result[has_rows] = how.reduceat(values.astype(np.float32), starts)
+            return result
+
+        gendered = gender > 0
+        return out + [
+            reduce(to, np.maximum),
+            reduce(to, np.add),
+            np.where(gendered, reduce(to_g, np.maximum), np.nan),
+            np.where(gendered, reduce(to_g, np.add), np.nan),
+        ]
 
     def _predict(self, feats: np.ndarray) -> np.ndarray:
         """The mean of the carves' rankers' scores."""
@@ -662,7 +762,13 @@ class RerankModel(Family):
             "cooccurrence_indices": self.cooccurrence.indices,
             "cooccurrence_indptr": self.cooccurrence.indptr,
             "category_pairs": self.category_pairs,
+            "lead_cooccurrence_data": self.lead_cooccurrence.data,
+            "lead_cooccurrence_indices": self.lead_cooccurrence.indices,
+            "lead_cooccurrence_indptr": self.lead_cooccurrence.indptr,
         }
+        if self.leads is not None:  # USER_ARRAYS: not in the serving copy
+            out["leads_indptr"] = self.leads.indptr
+            out["leads_indices"] = self.leads.indices
         out |= self.items.arrays()
         for name, model in self.generators.items():
             if model is not None:
@@ -695,15 +801,20 @@ class RerankModel(Family):
             raise StageError(f"{path}: ranker must be LightGBM text models as bytes")
         rankers = ranker.tobytes().decode().split("\0")
         items = ItemFeatures.from_arrays(arrays, path, n_items)
-        keys = ("cooccurrence_data", "cooccurrence_indices", "cooccurrence_indptr")
-        require(arrays, path, *keys)
-        try:
-            pairs = sp.csr_matrix(tuple(arrays[k] for k in keys), shape=(3 * n_items, n_items))
-            pairs.check_format(full_check=True)
-        except ValueError:
-            raise StageError(f"{path}: invalid co-occurrence matrix; re-run dvc repro") from None
-        if not pairs.has_sorted_indices:
-            raise StageError(f"{path}: co-occurrence indices must be sorted; re-run dvc repro")
+        pairs, lead_pairs_ = (
+            _stored_csr(arrays, path, name, (3 * n_items, n_items))
+            for name in ("cooccurrence", "lead_cooccurrence")
+        )
+        leads = None
+        if shape[0] is not None and "leads_indptr" in arrays:  # known users' lead pairs
+            require(arrays, path, "leads_indices")
+            indices = arrays["leads_indices"]
+            data = np.ones(indices.shape, dtype=np.float32)
+            try:
+                leads = sp.csr_matrix((data, indices, arrays["leads_indptr"]), shape=shape)
+                leads.check_format(full_check=True)
+            except (ValueError, TypeError):
+                raise StageError(f"{path}: invalid lead pairs; re-run dvc repro") from None
         require(arrays, path, "category_pairs")
         categories = arrays["category_pairs"]
         size = int(items.category.max(initial=0)) + 1
@@ -712,10 +823,26 @@ class RerankModel(Family):
                 f"{path}: category_pairs must be {size} x {size} counts; re-run dvc repro"
             )
         return cls(generators, items, counts, pairs, categories, int(arrays["candidates"]),
-                   rankers, threads)  # fmt: skip
+                   rankers, threads, lead_pairs_, leads)  # fmt: skip
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _stored_csr(
+    arrays: dict[str, np.ndarray], path: Path | str, name: str, shape: tuple[int, int]
+) -> sp.csr_matrix:
+    """The saved CSR matrix `name` (`<name>_data`, `_indices`, `_indptr`), checked."""
+    keys = (f"{name}_data", f"{name}_indices", f"{name}_indptr")
+    require(arrays, path, *keys)
+    try:
+        matrix = sp.csr_matrix(tuple(arrays[k] for k in keys), shape=shape)
+        matrix.check_format(full_check=True)
+    except (ValueError, TypeError):
+        raise StageError(f"{path}: invalid {name} matrix; re-run dvc repro") from None
+    if not matrix.has_sorted_indices:
+        raise StageError(f"{path}: {name} indices must be sorted; re-run dvc repro")
+    return matrix
 
 
 def carve(train: sp.csr_matrix, fraction: float, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -776,3 +903,109 @@ def _portable(text: str) -> str:
     """The text model without its `num_threads` line: the trees do not depend on it, and
     the file must not either."""
     return re.sub(r"^\[num_threads: \d+\]\n", "", text, flags=re.MULTILINE)
+
+
+def _keys(matrix: sp.csr_matrix) -> np.ndarray:
+    """Row * columns + column of each stored entry of a CSR matrix with sorted indices
+    (ascending: a lookup table for `_entries`)."""
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    return rows * matrix.shape[1] + matrix.indices
+
+
+def _entries(
+    matrix: sp.csr_matrix, keys: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
+    """Entries (rows, cols) of `matrix` (0 where not stored); `keys` is `_keys(matrix)`."""
+    wanted = rows.astype(np.int64) * matrix.shape[1] + cols
+    at = np.searchsorted(keys, wanted)
+    ok = at < keys.size
+    ok[ok] = keys[at[ok]] == wanted[ok]
+    out = np.zeros(wanted.size, dtype=np.float32)
+    out[ok] = matrix.data[at[ok]]
+    return out
+
+
+def first_seen(
+    events: Any, train: sp.csr_matrix, user_ids: np.ndarray, item_ids: np.ndarray
+) -> sp.csr_matrix:
+    """Each training pair's first event time, in `train`'s sparsity (int64): the order in
+    which users came to their training items. `events` is the event log as
+    `recsys.confidence.load_events` reads it (USER_ID, ITEM_ID, TIMESTAMP); the events of
+    any other pair, the held-out ones included, are read past and never used."""
+    from recsys.ids import codes, dictionary
+
+    train = sp.csr_matrix(train)
+    train.sort_indices()
+
+    def positions(column: str, ids: np.ndarray) -> np.ndarray:
+        names = np.asarray(dictionary(events[column]).to_pylist(), dtype=str)
+        at = np.minimum(np.searchsorted(ids, names), max(ids.size - 1, 0))
+        found = ids.size > 0 and ids[at] == names
+        return np.where(found, at, -1)[codes(events[column])]
+
+    users = positions("USER_ID", np.asarray(user_ids, dtype=str))
+    cols = positions("ITEM_ID", np.asarray(item_ids, dtype=str))
+    times = events["TIMESTAMP"].to_numpy().astype(np.int64, copy=False)
+    keys = _keys(train)
+    wanted = users.astype(np.int64) * train.shape[1] + cols
+    at = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
+    ok = (users >= 0) & (cols >= 0) & (keys.size > 0)
+    ok &= keys[at] == wanted
+    out = np.full(train.nnz, np.iinfo(np.int64).max, dtype=np.int64)  # no event: last
+    np.minimum.at(out, at[ok], times[ok])
+    return sp.csr_matrix((out, train.indices.copy(), train.indptr.copy()), shape=train.shape)
+
+
+def lead_pairs(x: sp.csr_matrix, first_seen: sp.csr_matrix, category: np.ndarray) -> sp.csr_matrix:
+    """Each row's lead pairs: in every category the row used, its item seen first (ties:
+    the lower item). `x` is the (inner) training matrix or a part of it, `first_seen` the
+    whole train's times (`first_seen`); users x items, 1 at the leads, float32."""
+    x = binary(x)
+    rows = np.repeat(np.arange(x.shape[0], dtype=np.int64), np.diff(x.indptr))
+    cols = x.indices.astype(np.int64)
+    times = _entries_int(first_seen, rows, cols)
+    cat = category[cols]
+    order = np.lexsort((cols, times, cat, rows))
+    r, k = rows[order], cat[order]
+    lead = np.ones(order.size, dtype=bool)
+    lead[1:] = (r[1:] != r[:-1]) | (k[1:] != k[:-1])
+    keep = order[lead]
+    return sp.csr_matrix(
+        (np.ones(keep.size, dtype=np.float32), (rows[keep], cols[keep])), shape=x.shape
+    )
+
+
+def _entries_int(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Integer entries (rows, cols) that `matrix` stores (every one must be)."""
+    keys = _keys(matrix)
+    wanted = rows * matrix.shape[1] + cols
+    at = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
+    if wanted.size and (keys.size == 0 or (keys[at] != wanted).any()):
+        raise StageError("first_seen lacks a time for a training pair")
+    return matrix.data[at].astype(np.int64) if wanted.size else np.zeros(0, np.int64)
+
+
+def lead_cooccurrence(
+    x: sp.csr_matrix, leads: sp.csr_matrix | None, items: ItemFeatures
+) -> sp.csr_matrix:
+    """Users whose lead in a category is the row item and who used the column item of that
+    category (diagonal: the users it leads), three stacked items x items blocks as in
+    `cooccurrence` (all users, the F pool's, the M pool's); float32 CSR, sorted indices.
+    Empty without leads."""
+    n = x.shape[1]
+    if leads is None:
+        return sp.csr_matrix((3 * n, n), dtype=np.float32)
+    x = binary(x)
+    gender = user_genders(x, items.gender)
+    blocks = []
+    for g in (None, 1, 2):
+        pick = slice(None) if g is None else gender == g
+        block = sp.coo_matrix(leads[pick].T @ x[pick])
+        keep = items.category[block.row] == items.category[block.col]
+        blocks.append(
+            sp.csr_matrix((block.data[keep], (block.row[keep], block.col[keep])), shape=(n, n))
+        )
+    pairs = sp.csr_matrix(sp.vstack(blocks), dtype=np.float32)
+    pairs.sum_duplicates()
+    pairs.sort_indices()
+    return pairs
