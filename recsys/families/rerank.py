@@ -916,13 +916,18 @@ def _entries(
     matrix: sp.csr_matrix, keys: np.ndarray, rows: np.ndarray, cols: np.ndarray
 ) -> np.ndarray:
     """Entries (rows, cols) of `matrix` (0 where not stored); `keys` is `_keys(matrix)`."""
-    wanted = rows.astype(np.int64) * matrix.shape[1] + cols
-    at = np.searchsorted(keys, wanted)
-    ok = at < keys.size
-    ok[ok] = keys[at[ok]] == wanted[ok]
-    out = np.zeros(wanted.size, dtype=np.float32)
+    at, ok = _find(keys, rows.astype(np.int64) * matrix.shape[1] + cols)
+    out = np.zeros(at.size, dtype=np.float32)
     out[ok] = matrix.data[at[ok]]
     return out
+
+
+def _find(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position, found) of each of `wanted` in the sorted `keys`; a position is valid
+    only where found."""
+    at = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
+    found = keys[at] == wanted if keys.size else np.zeros(np.shape(wanted), dtype=bool)
+    return at, found
 
 
 def first_seen(
@@ -938,19 +943,14 @@ def first_seen(
     train.sort_indices()
 
     def positions(column: str, ids: np.ndarray) -> np.ndarray:
-        names = np.asarray(dictionary(events[column]).to_pylist(), dtype=str)
-        at = np.minimum(np.searchsorted(ids, names), max(ids.size - 1, 0))
-        found = ids.size > 0 and ids[at] == names
+        at, found = _find(ids, np.asarray(dictionary(events[column]).to_pylist(), dtype=str))
         return np.where(found, at, -1)[codes(events[column])]
 
     users = positions("USER_ID", np.asarray(user_ids, dtype=str))
     cols = positions("ITEM_ID", np.asarray(item_ids, dtype=str))
     times = events["TIMESTAMP"].to_numpy().astype(np.int64, copy=False)
-    keys = _keys(train)
-    wanted = users.astype(np.int64) * train.shape[1] + cols
-    at = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
-    ok = (users >= 0) & (cols >= 0) & (keys.size > 0)
-    ok &= keys[at] == wanted
+    at, found = _find(_keys(train), users.astype(np.int64) * train.shape[1] + cols)
+    ok = (users >= 0) & (cols >= 0) & found
     out = np.full(train.nnz, np.iinfo(np.int64).max, dtype=np.int64)  # no event: last
     np.minimum.at(out, at[ok], times[ok])
     return sp.csr_matrix((out, train.indices.copy(), train.indptr.copy()), shape=train.shape)
@@ -977,12 +977,10 @@ def lead_pairs(x: sp.csr_matrix, first_seen: sp.csr_matrix, category: np.ndarray
 
 def _entries_int(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Integer entries (rows, cols) that `matrix` stores (every one must be)."""
-    keys = _keys(matrix)
-    wanted = rows * matrix.shape[1] + cols
-    at = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
-    if wanted.size and (keys.size == 0 or (keys[at] != wanted).any()):
+    at, found = _find(_keys(matrix), rows * matrix.shape[1] + cols)
+    if not found.all():
         raise StageError("first_seen lacks a time for a training pair")
-    return matrix.data[at].astype(np.int64) if wanted.size else np.zeros(0, np.int64)
+    return matrix.data[at].astype(np.int64)
 
 
 def lead_cooccurrence(
