@@ -13,6 +13,8 @@ run); the last column says so.
 
     python scripts/bench_engines.py --scale 30 --engines pyarrow duckdb
     python scripts/bench_engines.py --scale 1 10                 # all three engines
+    python scripts/bench_engines.py --scale 1 10 30 100 --engines pyarrow duckdb \
+        --plot docs/engines.png
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark import run_stage, scratch_parent, scratch_repo  # noqa: E402
+from benchmark import (  # noqa: E402
+    parse_overrides,
+    plot_curves,
+    run_stage,
+    scratch_parent,
+    scratch_repo,
+)
 
 THREADS = 2
 ENGINES = ["pyarrow", "duckdb", "spark"]
@@ -79,13 +87,23 @@ def main() -> None:
     parser.add_argument("--scale", type=float, nargs="+", default=[10.0])
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=ENGINES)
     parser.add_argument("--keep", action="store_true", help="keep the scratch copy")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a param in the scratch copy, e.g. engine.spark_driver_memory=8g",
+    )  # fmt: skip
+    parser.add_argument(
+        "--plot", type=Path, metavar="PNG", help="draw wall time, CPU time and peak memory "
+        "per engine against scale (docs/engines.png)"
+    )  # fmt: skip
     args = parser.parse_args()
     if any(s <= 0 for s in args.scale):
         parser.error("--scale must be positive")
+    overrides = parse_overrides(args.overrides)
     env = {**os.environ, "RECSYS_THREADS": str(THREADS)}
+    values: list[dict] = []
     with scratch_parent("recsys-bench-engines-", args.keep) as parent:
         for scale in args.scale:
-            repo = scratch_repo(scale, parent)
+            repo = scratch_repo(scale, parent, overrides)
             params = yaml.safe_load((repo / "params.yaml").read_text())
             run_stage("generate", repo)
             events = params["generate"]["interactions"]
@@ -113,6 +131,14 @@ def main() -> None:
                     f"({md5[:8]})",
                     flush=True,
                 )
+                for measure, value in (
+                    ("wall time (s)", wall), ("CPU time (s)", cpu), ("peak memory (MiB)", peak)
+                ):  # fmt: skip
+                    values.append(
+                        {"scale": scale, "engine": name, "measure": measure, "value": value}
+                    )
+    if args.plot and values:
+        plot_curves(values, "engine", args.engines, args.plot)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,16 @@ from metrics/metrics.json) run on the same data/train.npz and data/test.npz.
 
     python scripts/bench_spark_als.py                       # 1x, rank 64
     python scripts/bench_spark_als.py --scale 10 --factors 64
+    python scripts/bench_spark_als.py --grid alpha=10,40,100 --grid regularization=0.01,0.2,1
+
+`--grid KEY=V1,V2,...` sweeps `spark_als.KEY` (every combination of the grids, one fit
+each, on the same split); implicit's ALS runs once, first, with its own params.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -26,6 +31,22 @@ from bench_engines import measure_tree  # noqa: E402
 from benchmark import run_stage, scratch_parent, scratch_repo  # noqa: E402
 
 THREADS = 2
+SWEEPABLE = ("alpha", "regularization", "iterations", "user_blocks", "item_blocks", "seed")
+
+
+def parse_grid(items: list[str], parser: argparse.ArgumentParser) -> list[dict[str, object]]:
+    """Every combination of `KEY=V1,V2` grids, as spark_als updates (values parsed as YAML)."""
+    keys, choices = [], []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or key not in SWEEPABLE or not values:
+            parser.error(f"--grid {item!r}; expected KEY=V1,V2,... with KEY one of {SWEEPABLE}")
+        parsed = [yaml.safe_load(v) for v in values.split(",")]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in parsed):
+            parser.error(f"--grid {item!r}: every value must be a number")
+        keys.append(key)
+        choices.append(parsed)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*choices)]
 
 
 def set_params(repo: Path, updates: dict[str, dict]) -> None:
@@ -42,7 +63,12 @@ def main() -> None:
     parser.add_argument("--factors", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=15)
     parser.add_argument("--keep", action="store_true", help="keep the scratch copy")
+    parser.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2",
+        help=f"sweep spark_als.KEY over these values ({', '.join(SWEEPABLE)})",
+    )  # fmt: skip
     args = parser.parse_args()
+    grid = parse_grid(args.grid, parser)
     env = {**os.environ, "RECSYS_THREADS": str(THREADS)}
     with scratch_parent("recsys-bench-spark-als-", args.keep) as parent:
         repo = scratch_repo(args.scale, parent)
@@ -65,10 +91,17 @@ def main() -> None:
         )
         print(
             f"{'family':<10}{'fit s':>8}{'stage s':>9}{'CPU s':>8}{'peak MiB':>10}"
-            f"{f'MAP@{k}':>9}  95% interval"
+            f"{f'MAP@{k}':>9}  95% interval        spark_als"
         )
-        for family in ("als", "spark_als"):
-            set_params(repo, {"model": {"type": family}})
+        runs = [("als", {})] + [("spark_als", point) for point in grid or [{}]]
+        for family, point in runs:
+            set_params(repo, {"model": {"type": family}, "spark_als": point})
+            spark = params["spark_als"] | point
+            setting = (
+                f"alpha {spark['alpha']:g}, regularization {spark['regularization']:g}"
+                if family == "spark_als"
+                else ""
+            )
             proc_args = [sys.executable, "-m", "stages.train"]
             wall, cpu, peak, out = measure_tree(proc_args, repo, env)
             found = re.search(r"fit ([0-9.]+)s", out)
@@ -78,7 +111,7 @@ def main() -> None:
             print(
                 f"{family:<10}{fit:>8.1f}{wall:>9.1f}{cpu:>8.1f}{peak:>10.0f}"
                 f"{metrics['map_at_k']:>9.4f}  [{metrics['map_at_k_ci_low']:.4f}, "
-                f"{metrics['map_at_k_ci_high']:.4f}]",
+                f"{metrics['map_at_k_ci_high']:.4f}]  {setting}",
                 flush=True,
             )
 

@@ -270,21 +270,26 @@ def print_growth(results: dict[float, dict[str, StageRun]], counts: dict[float, 
 
 
 def plot(results: dict[float, dict[str, StageRun]], path: Path) -> None:
-    """Time and peak memory per stage against scale, log-log, as a PNG (Vega-Lite, rendered
-    by vl-convert, the renderer DVC's plots use)."""
-    import vl_convert
-
+    """Time and peak memory per stage against scale, log-log, as a PNG."""
     values = [
         {"scale": scale, "stage": stage, "measure": measure, "value": value}
         for scale, runs in results.items()
         for stage, run in runs.items()
         for measure, value in (("wall time (s)", run.wall), ("peak memory (MiB)", run.rss))
     ]
+    plot_curves(values, "stage", STAGES, path)
+
+
+def plot_curves(values: list[dict], legend: str, order: list[str], path: Path) -> None:
+    """One log-log panel per `measure` of `value` against `scale`, a line per `legend`
+    value, as a PNG (Vega-Lite, rendered by vl-convert, the renderer DVC's plots use)."""
+    import vl_convert
+
     log = {"type": "log"}
     spec = {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
         "data": {"values": values},
-        "facet": {"column": {"field": "measure", "type": "nominal", "title": None}},
+        "facet": {"column": {"field": "measure", "type": "nominal", "title": None, "sort": None}},
         "resolve": {"scale": {"y": "independent"}},
         "spec": {
             "width": 320,
@@ -294,7 +299,7 @@ def plot(results: dict[float, dict[str, StageRun]], path: Path) -> None:
                 "x": {"field": "scale", "type": "quantitative", "scale": log,
                       "title": "scale (x the article's shop)"},
                 "y": {"field": "value", "type": "quantitative", "scale": log, "title": None},
-                "color": {"field": "stage", "type": "nominal", "sort": STAGES},
+                "color": {"field": legend, "type": "nominal", "sort": order},
             },
         },
     }  # fmt: skip

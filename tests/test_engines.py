@@ -16,9 +16,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.aggregation import EngineParams, aggregate_duckdb, confidence_sql
+from recsys import aggregation
+from recsys.aggregation import EngineParams, _sorted_ids, aggregate_duckdb, confidence_sql
 from recsys.confidence import ConfidenceParams, aggregate, load_events, write_pairs
 from recsys.errors import StageError
+from recsys.ids import sorted_ids
 from tests.conftest import parse
 
 # Non-integer weights: sums that depend on the order of additions unless the engines agree
@@ -63,15 +65,50 @@ def test_duckdb_writes_the_bytes_of_the_pyarrow_code(
 ) -> None:
     events = load_events(log_csv)
     write_pairs(aggregate(events, WEIGHTS, aggregation, 0.5), tmp_path / "pyarrow.parquet")
-    for threads in (1, 2):
-        out = tmp_path / f"duckdb{threads}.parquet"
-        pairs, n_events = aggregate_duckdb(log_csv, WEIGHTS, aggregation, 0.5, threads)
+    # one range of users (one query) and about seven (a query per 3,000 events)
+    for threads, part_events in ((1, 1 << 23), (2, 1 << 23), (2, 3000)):
+        out = tmp_path / f"duckdb{threads}-{part_events}.parquet"
+        pairs, n_events = aggregate_duckdb(
+            log_csv, WEIGHTS, aggregation, 0.5, threads, part_events=part_events
+        )
         assert n_events == 20_000
         write_pairs(pairs, out)
         assert digest(out) == digest(tmp_path / "pyarrow.parquet")
-    frame = pq.read_table(tmp_path / "duckdb1.parquet").to_pandas()
+    frame = pq.read_table(out).to_pandas()
     assert frame["USER_ID"].tolist() == sorted(frame["USER_ID"])  # code point order
     assert {"7", "007", "ü"} <= set(frame["USER_ID"])
+
+
+def test_duckdb_ranges_of_users_across_blocks_of_chunks_keep_the_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log read in several chunks, counted and converted a few chunks at a time and
+    split into ranges of users: every range gets pieces of every block, and the pairs
+    still come out whole and in order."""
+    log = write_csv(event_log(200_000, seed=5), tmp_path / "big.csv")
+    events = load_events(log)
+    assert events["USER_ID"].num_chunks > 2  # several chunks, so several blocks
+    write_pairs(aggregate(events, WEIGHTS, "log", 0.5), tmp_path / "pyarrow.parquet")
+    monkeypatch.setattr(aggregation, "BLOCK_EVENTS", len(events["USER_ID"].chunk(0)))
+    monkeypatch.setattr(aggregation, "COUNT_CHUNKS", 2)
+    pairs, n_events = aggregate_duckdb(log, WEIGHTS, "log", 0.5, 2, part_events=30_000)
+    assert n_events == 200_000
+    write_pairs(pairs, tmp_path / "duckdb.parquet")
+    assert digest(tmp_path / "duckdb.parquet") == digest(tmp_path / "pyarrow.parquet")
+
+
+def test_duckdb_sorts_ids_as_arrow_does() -> None:
+    """DuckDB's ORDER BY and Arrow's sort agree on UTF-8 byte order, so the rank of every
+    id, and with it the pair order and the id maps, do not depend on the engine."""
+    import duckdb
+
+    ids = pa.array(["b", "ä", "B", "", "10", "9", "z\u00e9", "ze", "\U0001f600", "a b", "a"])
+    con = duckdb.connect(":memory:")
+    try:
+        assert _sorted_ids(con, ids)[0].to_pylist() == sorted_ids(ids)[0].to_pylist()
+        assert (_sorted_ids(con, ids)[1] == sorted_ids(ids)[1]).all()
+    finally:
+        con.close()
 
 
 def test_duckdb_refuses_an_unweighted_event_type_by_name(log_csv: Path) -> None:
