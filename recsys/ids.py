@@ -93,10 +93,15 @@ def codes(column: pa.ChunkedArray, start: int = 0, stop: int | None = None) -> n
 def sorted_ids(ids: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """(the ids sorted, each id's rank in that order). Arrow sorts UTF-8 bytes: code point
     order, the order of a sorted pandas categorical, so pair order and id maps are stable."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    order = pc.array_sort_indices(ids).to_numpy()
+    return in_order(ids, pc.array_sort_indices(ids).to_numpy())
+
+
+def in_order(ids: pa.Array, order: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """(the ids taken in `order`, a sorting permutation; each id's rank in that order)."""
+    import pyarrow as pa
+
     rank = np.empty(order.size, dtype=np.int64)
     rank[order] = np.arange(order.size)
     return ids.take(pa.array(order)), rank

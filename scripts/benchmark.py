@@ -289,7 +289,7 @@ def plot_curves(values: list[dict], legend: str, order: list[str], path: Path) -
     spec = {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
         "data": {"values": values},
-        "facet": {"column": {"field": "measure", "type": "nominal", "title": None, "sort": None}},
+        "facet": {"column": {"field": "measure", "type": "nominal", "title": None}},
         "resolve": {"scale": {"y": "independent"}},
         "spec": {
             "width": 320,
