@@ -47,6 +47,20 @@ def pin_kernel() -> str | None:
     return wanted
 
 
+def one_blas_thread() -> None:
+    """Start OpenBLAS with a pool of one thread unless `OPENBLAS_NUM_THREADS` says otherwise.
+
+    Every BLAS call in this package runs inside `threadpool_limits(1, "blas")` (implicit's
+    own threads do the parallel work, and BLAS threads on top would oversubscribe), yet
+    OpenBLAS starts a pool of one thread per core when numpy and scipy load, and those idle
+    threads spin before they sleep: CPU time each process pays for nothing
+    (`python scripts/bench_startup.py` prints it). Like `pin_kernel()`, only effective
+    before numpy or scipy load.
+    """
+    if "numpy" not in sys.modules and "scipy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def check_override() -> None:
     """Refuse a `RECSYS_BLAS_KERNEL` OpenBLAS would silently ignore (a typo)."""
     from recsys.errors import StageError

@@ -134,9 +134,9 @@ def make_repo_copy(dest: Path, params: dict[str, dict] | None = None) -> Path:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(
-                src, target, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
-            )
+            # __pycache__ too (git ignores it): copy2 keeps the sources' times, so the stage
+            # processes in the copy load the compiled modules instead of compiling them again
+            shutil.copytree(src, target, dirs_exist_ok=True)
         else:
             shutil.copy2(src, target)
     set_params(dest, SMALL_PARAMS if params is None else params)

@@ -107,18 +107,25 @@ def test_the_control_only_forces_a_kernel_the_cpu_runs(flags: set[str], kernel: 
     assert widest_kernel(frozenset(flags)) == kernel
 
 
-def test_a_stage_process_runs_the_pinned_kernel() -> None:
+STAGES = ["generate", "confidence", "matrix", "mask", "train", "evaluate", "export"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_process_runs_the_pinned_kernel_on_one_blas_thread(stage: str) -> None:
+    """Whatever a stage module imports first (mask imports numpy before recsys), OpenBLAS
+    loads pinned and with a pool of one thread."""
     code = (
-        "import recsys, numpy, scipy.linalg\n"
+        f"import stages.{stage}, numpy, scipy.linalg\n"
         "from threadpoolctl import threadpool_info\n"
-        "print(sorted({i['architecture'] for i in threadpool_info() if i['user_api'] == 'blas'}))"
+        "blas = [i for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "print(sorted({i['architecture'] for i in blas}), sorted({i['num_threads'] for i in blas}))"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS", "OPENBLAS"))}
     env |= {"PYTHONPATH": str(ROOT), "OPENBLAS_CORETYPE": "Prescott"}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == "['Haswell']"
+    assert out.stdout.strip() == "['Haswell'] [1]"
 
 
 def test_a_misspelt_kernel_is_one_line(tmp_path: Path) -> None:
