@@ -49,6 +49,7 @@ class EngineParams:
     spark_driver_memory: str = "1g"
     spark_shuffle_partitions: int = 8
     spark_events: str = ""
+    spark_staging: str = ""
 
     @classmethod
     def from_section(cls, s: Section) -> EngineParams:
@@ -73,6 +74,7 @@ class EngineParams:
             spark_driver_memory=memory["spark_driver_memory"],
             spark_shuffle_partitions=s.int("spark_shuffle_partitions", 8, min=1, max=100_000),
             spark_events=s.str("spark_events", "", empty=True),
+            spark_staging=s.str("spark_staging", "", empty=True),
         )
 
 

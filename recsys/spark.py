@@ -2,8 +2,10 @@
 
 Spark reads the event log where it lives (`engine.spark_events`: a file, a folder of
 files, a glob or an `s3a://` URL; CSV, gzip CSV or Parquet), so a log far larger than one
-machine's memory never passes through one Python process. Only the aggregated pairs come
-back to the driver, to be written by the one Parquet writer every engine shares.
+machine's memory never passes through one Python process. The aggregated pairs come back
+to the driver as Parquet files that Spark writes, sorted, into a staging folder
+(`engine.spark_staging`, see `recsys.sparksession.staging_folder`), read by pyarrow and
+written by the one Parquet writer every engine shares.
 
 What a Spark run checks, and how it reports it: a missing column (by name), an event type
 without a weight (by name), a blank id, an id longer than the limit, a TIMESTAMP that is not
@@ -16,12 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from recsys.aggregation import EngineParams, confidence_sql, pairs_from_text
 from recsys.confidence import COLUMNS, ConfidenceParams, Pairs
 from recsys.errors import StageError
 from recsys.ids import MAX_ID_LENGTH
-from recsys.paths import INTERACTIONS
-from recsys.sparksession import java_error, session
+from recsys.paths import CONFIDENCE, INTERACTIONS
+from recsys.sparksession import java_error, read_parts, session, staging_folder
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".gz": "csv"}
 
@@ -108,6 +112,12 @@ def check_events(spark: Any, weights: dict[str, float], path: str) -> int:
     return total
 
 
+EMPTY = pa.schema(
+    [("USER_ID", pa.string()), ("ITEM_ID", pa.string()), ("TOTAL", pa.float64()),
+     ("LAST_TIMESTAMP", pa.int64())]
+)  # fmt: skip
+
+
 def aggregate_spark(params: ConfidenceParams, engine: EngineParams) -> tuple[Pairs, int]:
     """(pairs, events read): check and aggregate `engine.spark_events` (default: the
     generated `data/interactions.csv`) with Spark SQL on `engine.spark_master`."""
@@ -120,11 +130,14 @@ def aggregate_spark(params: ConfidenceParams, engine: EngineParams) -> tuple[Pai
         driver_memory=engine.spark_driver_memory,
         shuffle_partitions=engine.spark_shuffle_partitions,
     ) as spark:  # fmt: skip
-        return aggregate_in_session(spark, path, params)
+        return aggregate_in_session(spark, path, params, engine.spark_staging)
 
 
-def aggregate_in_session(spark: Any, path: str, params: ConfidenceParams) -> tuple[Pairs, int]:
-    """Read, check and aggregate the log at `path` on a running session."""
+def aggregate_in_session(
+    spark: Any, path: str, params: ConfidenceParams, staging: str = ""
+) -> tuple[Pairs, int]:
+    """Read, check and aggregate the log at `path` on a running session; the sorted pairs
+    come back through Parquet files in `staging` (see `staging_folder`)."""
     from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
     read_events(spark, path).createOrReplaceTempView("raw")
@@ -138,7 +151,12 @@ def aggregate_in_session(spark: Any, path: str, params: ConfidenceParams) -> tup
         )
         types = [(name, k) for k, name in enumerate(params.weights)]
         spark.createDataFrame(types, schema).createOrReplaceTempView("event_types")
-        result = spark.sql(confidence_sql(params.weights)).toArrow()
+        with staging_folder(staging, "engine.spark_staging", CONFIDENCE.parent) as staged:
+            uri, filesystem, folder = staged
+            spark.sql(confidence_sql(params.weights)).write.mode("overwrite").parquet(uri)
+            result = read_parts(filesystem, folder)
+        if result is None:  # no rows: no parts
+            result = EMPTY.empty_table()
     except StageError:
         raise
     except Exception as exc:

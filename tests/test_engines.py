@@ -195,6 +195,52 @@ def test_spark_reads_files_and_folders_into_the_same_bytes(
     assert digest(tmp_path / "spark.parquet") == digest(reference)
 
 
+def test_staged_parts_are_read_in_partition_order_and_only_once_committed(
+    tmp_path: Path,
+) -> None:
+    """Spark's part files sorted by name would put partition 100000 before 99999; and a
+    folder without `_SUCCESS` is a write that did not finish."""
+    from pyarrow import fs as pafs
+
+    from recsys.sparksession import read_parts
+
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    for partition, file in [(99_999, 0), (100_000, 0), (2, 1), (2, 0)]:
+        rows = pa.table({
+            "USER_ID": [f"u{partition}-{file}"], "ITEM_ID": ["i"], "TOTAL": [1.0],
+            "LAST_TIMESTAMP": pa.array([partition], pa.int64()),
+        })  # fmt: skip
+        pq.write_table(rows, folder / f"part-{partition:05d}-abc-123-c{file:03d}.snappy.parquet")
+    (folder / ".part-00002-abc-123-c000.snappy.parquet.crc").write_bytes(b"")
+    local = pafs.LocalFileSystem()
+    with pytest.raises(StageError, match="did not finish writing its result"):
+        read_parts(local, str(folder))
+    (folder / "_SUCCESS").write_bytes(b"")
+    assert read_parts(local, str(folder))["USER_ID"].to_pylist() == [
+        "u2-0", "u2-1", "u99999-0", "u100000-0",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_spark_stages_the_pairs_where_asked_and_leaves_nothing(
+    spark_local, log_csv: Path, tmp_path: Path
+) -> None:
+    from recsys.spark import aggregate_in_session
+
+    reference = tmp_path / "duckdb.parquet"
+    write_pairs(aggregate_duckdb(log_csv, WEIGHTS, "sum", 0.5, 1)[0], reference)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    params = parse(ConfidenceParams.from_section, "confidence", {
+        "weights": WEIGHTS, "aggregation": "sum", "log_epsilon": 0.5,
+    })  # fmt: skip
+    pairs, _ = aggregate_in_session(spark_local, str(log_csv), params, str(staging))
+    write_pairs(pairs, tmp_path / "spark.parquet")
+    assert digest(tmp_path / "spark.parquet") == digest(reference)
+    assert list(staging.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_spark_names_the_file_and_row_of_a_bad_timestamp(spark_local, tmp_path: Path) -> None:
     frame = event_log(200)

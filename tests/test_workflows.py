@@ -182,6 +182,10 @@ def test_main_workflow_checks_then_pushes_only_with_credentials() -> None:
     # Stale committed results stop the run before anything reaches the remote
     # (tests/test_check_repro.py checks the command's exit codes and messages).
     assert pull < repro < check < push
+    # The slow tests (the Spark standalone cluster among them) run on main, with Java 17.
+    slow = job_running(main, "make test-all")
+    java = [s for s in slow["steps"] if str(s.get("uses", "")).startswith("actions/setup-java@")]
+    assert java and str(java[0]["with"]["java-version"]) == "17"
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

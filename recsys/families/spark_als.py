@@ -23,6 +23,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,7 +31,8 @@ import scipy.sparse as sp
 from recsys.errors import StageError
 from recsys.families.als import AlsModel
 from recsys.params import Section
-from recsys.sparksession import MASTER, MEMORY, java_error, session
+from recsys.paths import MODEL
+from recsys.sparksession import MASTER, MEMORY, java_error, read_parts, session, staging_folder
 
 MAX_RANK = 1024
 
@@ -50,6 +52,7 @@ class SparkAlsParams:
     master: str
     driver_memory: str
     executor_memory: str
+    staging: str = ""
 
     @classmethod
     def from_section(cls, s: Section) -> SparkAlsParams:
@@ -65,6 +68,7 @@ class SparkAlsParams:
             master=_checked(s, "master", MASTER, "local[N], spark://host:port, yarn or k8s://..."),
             driver_memory=_checked(s, "driver_memory", MEMORY, "a size such as 512m or 4g"),
             executor_memory=_checked(s, "executor_memory", MEMORY, "a size such as 512m or 4g"),
+            staging=s.str("staging", "", empty=True),
         )
 
 
@@ -114,8 +118,16 @@ def fit_spark_als(train: sp.csr_matrix, params: SparkAlsParams) -> tuple[np.ndar
         )
         try:
             model = als.fit(ratings)
-            users = _factors(model.userFactors.toPandas(), train.shape[0], params.factors)
-            items = _factors(model.itemFactors.toPandas(), train.shape[1], params.factors)
+            with staging_folder(params.staging, "spark_als.staging", MODEL.parent) as staged:
+                uri, filesystem, folder = staged
+                model.userFactors.write.parquet(f"{uri}/users")
+                model.itemFactors.write.parquet(f"{uri}/items")
+                users = _factors(read_parts(filesystem, f"{folder}/users"), train.shape[0],
+                                 params.factors)  # fmt: skip
+                items = _factors(read_parts(filesystem, f"{folder}/items"), train.shape[1],
+                                 params.factors)  # fmt: skip
+        except StageError:
+            raise
         except Exception as exc:
             raise StageError(f"Spark ALS failed on {params.master} ({java_error(exc)})") from None
     if not np.isfinite(users).all() or not np.isfinite(items).all():
@@ -126,12 +138,14 @@ def fit_spark_als(train: sp.csr_matrix, params: SparkAlsParams) -> tuple[np.ndar
     return users, items
 
 
-def _factors(frame: object, rows: int, rank: int) -> np.ndarray:
-    """MLlib's (id, features) rows placed at their ids; ids it never saw stay zero."""
+def _factors(table: Any, rows: int, rank: int) -> np.ndarray:
+    """MLlib's (id, features) rows (an Arrow table, or None for none) placed at their ids;
+    ids it never saw stay zero."""
     out = np.zeros((rows, rank), dtype=np.float32)
-    ids = frame["id"].to_numpy()  # type: ignore[index]
-    if ids.size:
-        out[ids] = np.stack(frame["features"].to_numpy()).astype(np.float32)  # type: ignore[index]
+    if table is not None and table.num_rows:
+        ids = table["id"].to_numpy()
+        features = table["features"].combine_chunks().flatten().to_numpy()
+        out[ids] = features.reshape(ids.size, rank).astype(np.float32, copy=False)
     return out
 
 
