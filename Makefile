@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make repro   create/reuse .venv from requirements.txt, then run the pipeline (dvc repro)
-#   make test    create/reuse .venv from requirements.txt, then run the test suite (about 4.5 min on 2 cores)
+#   make test    create/reuse .venv from requirements.txt, then run the test suite (about 4 min on 2 cores)
 # Both install the `recsys` command (recsys --help) into .venv.
 #   make docs    serve the docs site on http://127.0.0.1:8001 (mkdocs, live reload)
 #   make serve   the HTTP service over models/bundle (docs: Deploy)
@@ -36,9 +36,9 @@ repro: setup
 	@echo "==> dvc repro: generate -> confidence -> matrix -> mask -> train -> evaluate -> export"
 	dvc repro
 
-# Usually about 4.5 minutes on 2 cores (612 tests in 275 s, fresh-clone `bash .ci/run`, idle 2-core machine); the Spark tests and the two-day loop are in test-all.
+# Usually about 4 minutes on 2 cores (621 tests in 224 s, `make bench-tests` on an idle 2-core machine; docs/testing.md); the Spark tests and the two-day loop are in test-all.
 test: setup
-	@echo "==> pytest on $(WORKERS) workers (usually about 4.5 minutes on 2 cores)"
+	@echo "==> pytest on $(WORKERS) workers (usually about 4 minutes on 2 cores)"
 	python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test-all: setup

@@ -8,6 +8,12 @@ test that uses it. Daemons a test does not wait for (the S3 server, `dvc queue` 
 services stopped by a signal) are only in the whole run's figure, which this script takes
 from the operating system when pytest exits.
 
+Every Python process the run starts (dvc, each stage, the `recsys` command, the pytest
+workers themselves) also reports its own CPU seconds when it exits, through a
+`sitecustomize` module put first on PYTHONPATH for the run, so the CPU is also shown by kind
+of process. Processes killed by a signal, and the few started with their own PYTHONPATH,
+are missed there.
+
 The baseline is the machine itself: the whole run's CPU seconds divided by the cores is the
 wall time a perfect schedule could reach, printed next to the measured wall time.
 
@@ -32,6 +38,48 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG = "RECSYS_BENCH_TESTS_LOG"  # where each worker appends one JSON line per test
+PROCESS_LOG = "RECSYS_BENCH_TESTS_PROCESSES"  # where every Python process appends one line
+
+# Loaded by every Python process of the run (PYTHONPATH): its own CPU seconds at exit.
+SITECUSTOMIZE = f"""
+import atexit, os, sys
+
+
+def _report():
+    import json, resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    line = {{"argv": list(getattr(sys, "orig_argv", sys.argv)),
+             "cpu": usage.ru_utime + usage.ru_stime}}
+    with open(os.environ["{PROCESS_LOG}"], "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line) + "\\n")
+
+
+if os.environ.get("{PROCESS_LOG}"):
+    atexit.register(_report)
+"""
+
+
+def process_kind(argv: list[str]) -> str:
+    """What a process was, from its command line: `dvc repro`, `stage train`, `recsys gate`."""
+    args = argv[1:]  # after the interpreter: -m MODULE, -c CODE or a console script's path
+    while args[:1] == ["-u"]:
+        args = args[1:]
+    if args[:1] == ["-c"]:
+        code = args[1] if len(args) > 1 else ""
+        if "exec(eval(sys.stdin.readline()))" in code:
+            return "pytest worker (the in-process tests)"
+        return "python -c"
+    if args[:1] == ["-m"] and len(args) > 1:
+        module, rest = args[1], args[2:]
+    else:
+        module, rest = Path(args[0]).name if args else "python", args[1:]
+    if module.startswith("stages."):
+        return f"stage {module.removeprefix('stages.')}"
+    if module in ("dvc", "recsys", "gto"):
+        words = [a for a in rest if not a.startswith("-")][:1]
+        return " ".join([module, *words])
+    return module
 
 
 def _cpu() -> tuple[float, float]:
@@ -67,11 +115,13 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
-        log = Path(scratch) / "tests.jsonl"
+        log, processes = Path(scratch) / "tests.jsonl", Path(scratch) / "processes.jsonl"
+        (Path(scratch) / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
         env = os.environ | {
             LOG: str(log),
+            PROCESS_LOG: str(processes),
             "PYTHONPATH": os.pathsep.join(
-                [str(ROOT / "scripts"), *filter(None, [os.environ.get("PYTHONPATH")])]
+                [scratch, str(ROOT / "scripts"), *filter(None, [os.environ.get("PYTHONPATH")])]
             ),
         }
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "bench_tests", "-p", "no:cacheprovider",
@@ -83,6 +133,11 @@ def main() -> None:
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        exits = (
+            [json.loads(line) for line in processes.read_text().splitlines()]
+            if processes.exists()
+            else []
+        )
 
     summary = next(
         (line.strip("= ") for line in reversed(proc.stdout.splitlines()) if " in " in line), ""
@@ -108,6 +163,17 @@ def main() -> None:
     print(f"\n{'CPU s':>8} {'share':>6} {'tests':>6}  module (top {args.top})")
     for module, (cpu, count) in sorted(per_module.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"{cpu:8.1f} {cpu / total:6.1%} {int(count):6d}  {module}")
+    per_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for row in exits:
+        per_kind[process_kind(row["argv"])][0] += row["cpu"]
+        per_kind[process_kind(row["argv"])][1] += 1
+    reported = sum(cpu for cpu, _ in per_kind.values())
+    print(
+        f"\n{'CPU s':>8} {'share':>6} {'runs':>6} {'s/run':>6}  kind of Python process "
+        f"(top {args.top}; {reported:.1f} s reported at exit, {reported / total:.0%} of the run)"
+    )
+    for kind, (cpu, count) in sorted(per_kind.items(), key=lambda kv: -kv[1][0])[: args.top]:
+        print(f"{cpu:8.1f} {cpu / total:6.1%} {int(count):6d} {cpu / count:6.2f}  {kind}")
     print(f"\n{'CPU s':>8} {'wall s':>7}  slowest tests by CPU")
     for row in sorted(rows, key=lambda r: -r["cpu"])[:8]:
         print(f"{row['cpu']:8.1f} {row['wall']:7.1f}  {row['test']}")
