@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make repro   create/reuse .venv from requirements.txt, then run the pipeline (dvc repro)
-#   make test    create/reuse .venv from requirements.txt, then run the test suite (about 4 min on 2 cores)
+#   make test    create/reuse .venv from requirements.txt, then run the test suite (about 3.5 min on 2 cores)
 # Both install the `recsys` command (recsys --help) into .venv.
 #   make docs    serve the docs site on http://127.0.0.1:8001 (mkdocs, live reload)
 #   make serve   the HTTP service over models/bundle (docs: Deploy)
@@ -10,12 +10,13 @@ BIN := $(CURDIR)/$(VENV)/bin
 # Stages run as `python -m stages.X` through dvc: put the venv first so they find its packages.
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
-# pytest workers: two per core by default; --dist loadgroup keeps the tests of a module-scoped
-# fixture on one worker (tests/conftest.py). Most tests wait on dvc and server subprocesses, so
-# on 2 cores 4 workers beat 2 (410 s against 488 s for 577 tests, with worksteal);
-# `make test WORKERS=1` runs serially.
+# pytest workers: three per two cores by default; --dist loadgroup keeps the tests of a
+# module-scoped fixture on one worker (tests/conftest.py). Most tests wait on dvc and server
+# subprocesses, so one extra worker keeps both cores busy, and more only fight for them: on 2
+# cores, 621 tests took 204 s on 3 workers against 208 s on 2 and 216-225 s on 4
+# (`python scripts/bench_tests.py --workers N`, docs/testing.md); `make test WORKERS=1` runs serially.
 CORES := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
-WORKERS ?= $(shell echo $$(( $(CORES) * 2 )))
+WORKERS ?= $(shell echo $$(( $(CORES) * 3 / 2 > 1 ? $(CORES) * 3 / 2 : 2 )))
 
 .PHONY: setup repro test test-all docs docs-build lint format bench bench-tests bench-families \
 	bench-service fidelity serve clean-venv
@@ -36,9 +37,9 @@ repro: setup
 	@echo "==> dvc repro: generate -> confidence -> matrix -> mask -> train -> evaluate -> export"
 	dvc repro
 
-# Usually about 4 minutes on 2 cores (621 tests in 224 s, `make bench-tests` on an idle 2-core machine; docs/testing.md); the Spark tests and the two-day loop are in test-all.
+# Usually about 3.5 minutes on 2 cores (621 tests in 204 s, `make bench-tests` on an idle 2-core machine; docs/testing.md); the Spark tests and the two-day loop are in test-all.
 test: setup
-	@echo "==> pytest on $(WORKERS) workers (usually about 4 minutes on 2 cores)"
+	@echo "==> pytest on $(WORKERS) workers (usually about 3.5 minutes on 2 cores)"
 	python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test-all: setup

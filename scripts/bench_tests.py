@@ -17,7 +17,7 @@ are missed there.
 The baseline is the machine itself: the whole run's CPU seconds divided by the cores is the
 wall time a perfect schedule could reach, printed next to the measured wall time.
 
-    python scripts/bench_tests.py                  # the default suite, 2 workers per core
+    python scripts/bench_tests.py                  # the default suite, as `make test` runs it
     python scripts/bench_tests.py --workers 3 -- tests/test_gate.py
 """
 
@@ -109,7 +109,9 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 def main() -> None:
     cores = os.cpu_count() or 1
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=2 * cores, help="pytest-xdist workers")
+    parser.add_argument(
+        "--workers", type=int, default=max(2, cores * 3 // 2), help="pytest-xdist workers"
+    )
     parser.add_argument("--top", type=int, default=15, help="modules to list")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest after --")
     args = parser.parse_args()
