@@ -238,14 +238,21 @@ def test_remote_faults_fail_clearly_and_leave_local_files_alone(
         # IAM checks are a switch of the whole server: on a server of this test's own, so the
         # tests that share the session's server in parallel keep working meanwhile.
         with private_s3_server(tmp_path / "iam-server") as server:
-            s3_dev.ensure_bucket(server.endpoint, published.bucket)
+            # Another URL than the one the clone pulled from: DVC keys what it knows of a
+            # remote by protocol and path, not by endpoint.
+            bucket = f"iam-{published.bucket}"
+            s3_dev.ensure_bucket(server.endpoint, bucket)
+            (repo / ".dvc" / "config.local").write_text(
+                f"['remote \"storage\"']\n    url = s3://{bucket}/store\n"
+            )
             with server.enforcing_credentials() as (key, secret):
                 good = env | {
                     "AWS_ENDPOINT_URL_S3": server.endpoint,
                     "AWS_ACCESS_KEY_ID": key,
                     "AWS_SECRET_ACCESS_KEY": secret,
                 }
-                dvc(repo, "push", env=good)  # the data on this server too, for the control
+                # the data on this server too, for the control
+                assert "pushed" in dvc(repo, "push", env=good).stdout
                 push_and_pull_fail(good | {"AWS_SECRET_ACCESS_KEY": secret[:-1] + "x"})
                 # Control: the same server takes the right key, so the failure was the key.
                 assert "fetched" in dvc(repo, "pull", env=good).stdout
