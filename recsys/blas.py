@@ -31,6 +31,12 @@ KNOWN = {
 }  # fmt: skip
 
 
+def _openblas_loaded() -> bool:
+    """Whether numpy or scipy (each with its OpenBLAS) is loaded: after that, OpenBLAS has read
+    its environment variables and changing them does nothing."""
+    return "numpy" in sys.modules or "scipy" in sys.modules
+
+
 def pin_kernel() -> str | None:
     """Set OPENBLAS_CORETYPE for this process (x86-64 only); return the kernel asked for.
 
@@ -42,7 +48,7 @@ def pin_kernel() -> str | None:
     wanted = os.environ.get(OVERRIDE, "").strip() or _default_kernel()
     if wanted.lower() == NATIVE:
         return None
-    if "numpy" not in sys.modules and "scipy" not in sys.modules:
+    if not _openblas_loaded():
         os.environ["OPENBLAS_CORETYPE"] = wanted
     return wanted
 
@@ -57,7 +63,7 @@ def one_blas_thread() -> None:
     (`python scripts/bench_startup.py` prints it). Like `pin_kernel()`, only effective
     before numpy or scipy load.
     """
-    if "numpy" not in sys.modules and "scipy" not in sys.modules:
+    if not _openblas_loaded():
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 

@@ -167,8 +167,9 @@ def main() -> None:
         print(f"{cpu:8.1f} {cpu / total:6.1%} {int(count):6d}  {module}")
     per_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for row in exits:
-        per_kind[process_kind(row["argv"])][0] += row["cpu"]
-        per_kind[process_kind(row["argv"])][1] += 1
+        kind = per_kind[process_kind(row["argv"])]
+        kind[0] += row["cpu"]
+        kind[1] += 1
     reported = sum(cpu for cpu, _ in per_kind.values())
     print(
         f"\n{'CPU s':>8} {'share':>6} {'runs':>6} {'s/run':>6}  kind of Python process "
