@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make repro   create/reuse .venv from requirements.txt, then run the pipeline (dvc repro)
-#   make test    create/reuse .venv from requirements.txt, then run the test suite (about 3.5 min on 2 cores)
+#   make test    create/reuse .venv from requirements.txt, then run the test suite (3.5 to 4 min on 2 cores)
 # Both install the `recsys` command (recsys --help) into .venv.
 #   make docs    serve the docs site on http://127.0.0.1:8001 (mkdocs, live reload)
 #   make serve   the HTTP service over models/bundle (docs: Deploy)
@@ -37,9 +37,9 @@ repro: setup
 	@echo "==> dvc repro: generate -> confidence -> matrix -> mask -> train -> evaluate -> export"
 	dvc repro
 
-# Usually about 3.5 minutes on 2 cores (621 tests in 204 s, `make bench-tests` on an idle 2-core machine; docs/testing.md); the Spark tests and the two-day loop are in test-all.
+# Usually 3.5 to 4 minutes on 2 cores (621 tests in 204 to 244 s as the machine's speed varies, `make bench-tests`; docs/testing.md); the Spark tests and the two-day loop are in test-all.
 test: setup
-	@echo "==> pytest on $(WORKERS) workers (usually about 3.5 minutes on 2 cores)"
+	@echo "==> pytest on $(WORKERS) workers (usually 3.5 to 4 minutes on 2 cores)"
 	python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test-all: setup

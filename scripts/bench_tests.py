@@ -100,10 +100,28 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
             "test": item.nodeid.split("@")[0],
             "wall": time.perf_counter() - start,
             "cpu": (own1 - own0) + (children1 - children0),
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+            "end": time.time(),
         }
         with open(os.environ[LOG], "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")
     return result
+
+
+# A fixed single-threaded workload, timed before and after the suite: the machine's own speed
+# moves by 10-20 % from hour to hour (shared hosts), which no change to the tests explains.
+REFERENCE = "s = 0\nfor i in range(10_000_000):\n    s += i\n"
+
+
+def reference_cpu(repeats: int = 5) -> float:
+    """Median CPU seconds of the reference workload in a fresh interpreter."""
+    costs = []
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-c", REFERENCE], check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        costs.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+    return sorted(costs)[len(costs) // 2]
 
 
 def main() -> None:
@@ -112,7 +130,8 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=max(2, cores * 3 // 2), help="pytest-xdist workers"
     )
-    parser.add_argument("--top", type=int, default=15, help="modules to list")
+    parser.add_argument("--top", type=int, default=15, help="modules and kinds to list")
+    parser.add_argument("--slowest", type=int, default=8, help="tests to list")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest after --")
     args = parser.parse_args()
 
@@ -129,11 +148,14 @@ def main() -> None:
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "bench_tests", "-p", "no:cacheprovider",
                "-n", str(args.workers), "--dist", "loadgroup", "--no-loadscope-reorder",
                *args.pytest_args]  # fmt: skip
+        reference_before = reference_cpu()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.time()
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        reference_after = reference_cpu()
         rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         exits = (
             [json.loads(line) for line in processes.read_text().splitlines()]
@@ -162,6 +184,17 @@ def main() -> None:
     print(f"     {total / cores:8.1f} s   a perfect {cores}-core schedule's wall time: CPU / cores")
     print(f"     {wall / (total / cores):8.2f} x   measured wall against that bound")
     print(f"     {counted:8.1f} s   CPU counted per test ({counted / total:.0%} of the run)")
+    reference = (reference_before + reference_after) / 2
+    print(
+        f"     {reference:8.2f} s   the machine's speed: a fixed Python loop took "
+        f"{reference_before:.2f} s before the run and {reference_after:.2f} s after; "
+        f"the run's CPU is {total / reference:.0f} of them"
+    )
+    last: dict[str, float] = defaultdict(float)
+    for row in rows:
+        last[row["worker"]] = max(last[row["worker"]], row["end"] - started)
+    ends = ", ".join(f"{end:.1f}" for end in sorted(last.values()))
+    print(f"     workers' last test ended at {ends} s (idle after that: the run's tail)")
     print(f"\n{'CPU s':>8} {'share':>6} {'tests':>6}  module (top {args.top})")
     for module, (cpu, count) in sorted(per_module.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"{cpu:8.1f} {cpu / total:6.1%} {int(count):6d}  {module}")
@@ -178,7 +211,7 @@ def main() -> None:
     for kind, (cpu, count) in sorted(per_kind.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"{cpu:8.1f} {cpu / total:6.1%} {int(count):6d} {cpu / count:6.2f}  {kind}")
     print(f"\n{'CPU s':>8} {'wall s':>7}  slowest tests by CPU")
-    for row in sorted(rows, key=lambda r: -r["cpu"])[:8]:
+    for row in sorted(rows, key=lambda r: -r["cpu"])[: args.slowest]:
         print(f"{row['cpu']:8.1f} {row['wall']:7.1f}  {row['test']}")
 
 
