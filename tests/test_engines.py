@@ -22,6 +22,8 @@ from recsys.confidence import ConfidenceParams, aggregate, load_events, write_pa
 from recsys.errors import StageError
 from recsys.ids import sorted_ids
 from tests.conftest import parse
+from tests.s3_server import S3Server
+from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
 
 # Non-integer weights: sums that depend on the order of additions unless the engines agree
 # on one (they count per type, then weigh the counts in one fixed expression).
@@ -220,6 +222,37 @@ def test_staged_parts_are_read_in_partition_order_and_only_once_committed(
     assert read_parts(local, str(folder))["USER_ID"].to_pylist() == [
         "u2-0", "u2-1", "u99999-0", "u100000-0",
     ]  # fmt: skip
+
+
+@pytest.mark.s3
+def test_staging_on_s3_is_read_in_order_and_removed(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staging URL (`s3a://`, as a cluster's executors write it) is read by the driver
+    through pyarrow's S3 client, from the local S3 server over HTTP: parts in partition
+    order, only once committed, and the folder deleted afterwards."""
+    from recsys.sparksession import read_parts, staging_folder
+
+    bucket = s3_server.new_bucket("staging")
+    for key, value in s3_server.aws_env({}).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)  # an S3-compatible store
+    staging = f"s3a://{bucket}/spark"
+    with staging_folder(staging, "engine.spark_staging", tmp_path) as (uri, filesystem, path):
+        assert uri.startswith(f"{staging}/recsys-")
+        for partition in (10, 9):
+            rows = pa.table({"USER_ID": [f"u{partition}"], "TOTAL": [1.0]})
+            pq.write_table(rows, f"{path}/part-{partition:05d}-abc-c000.snappy.parquet",
+                           filesystem=filesystem)  # fmt: skip
+        with pytest.raises(StageError, match="did not finish writing its result"):
+            read_parts(filesystem, path)
+        with filesystem.open_output_stream(f"{path}/_SUCCESS"):
+            pass
+        assert read_parts(filesystem, path)["USER_ID"].to_pylist() == ["u9", "u10"]
+        assert len(s3_server.keys(bucket, "spark/")) == 3
+    # nothing of the run is left; pyarrow keeps the parent `spark/` as an empty marker
+    assert s3_server.keys(bucket, "spark/recsys-") == []
+    assert s3_server.keys(bucket) in ([], ["spark/"])
 
 
 @pytest.mark.slow
