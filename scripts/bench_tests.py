@@ -16,6 +16,9 @@ are missed there.
 
 The baseline is the machine itself: the whole run's CPU seconds divided by the cores is the
 wall time a perfect schedule could reach, printed next to the measured wall time.
+The machine's speed is measured too, as a fixed Python loop timed before and after the run:
+on a shared host it moves by 10-20 % within minutes, so two runs compare by their CPU in
+units of that loop rather than by seconds.
 
     python scripts/bench_tests.py                  # the default suite, as `make test` runs it
     python scripts/bench_tests.py --workers 3 -- tests/test_gate.py

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # and their wall time by a third (docs/testing.md); the bytes Spark writes do not depend on
 # either. An explicit JDK_JAVA_OPTIONS, even empty, is kept.
 os.environ.setdefault("JDK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+
 # What a clone needs to run the pipeline; outputs, dvc.lock and metrics are left behind so
 # each test starts from nothing.
 REPO_FILES = [
