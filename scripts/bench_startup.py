@@ -28,15 +28,20 @@ STAGES = [
 ]
 
 
-def import_cost(module: str, env: dict[str, str]) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of `python -c 'import MODULE'` in a fresh process."""
+def process_cost(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one command run to its end in ROOT."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", f"import {module}"], env=env, check=True, cwd=ROOT)
+    subprocess.run(args, env=env, check=True, cwd=ROOT)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return cpu, wall
+
+
+def import_cost(module: str, env: dict[str, str]) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of `python -c 'import MODULE'` in a fresh process."""
+    return process_cost([sys.executable, "-c", f"import {module}"], env)
 
 
 def main() -> None:

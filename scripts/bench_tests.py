@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,13 +119,10 @@ REFERENCE = "s = 0\nfor i in range(10_000_000):\n    s += i\n"
 
 def reference_cpu(repeats: int = 5) -> float:
     """Median CPU seconds of the reference workload in a fresh interpreter."""
-    costs = []
-    for _ in range(repeats):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([sys.executable, "-c", REFERENCE], check=True)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        costs.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
-    return sorted(costs)[len(costs) // 2]
+    from bench_startup import process_cost  # a sibling script
+
+    return statistics.median(process_cost([sys.executable, "-c", REFERENCE])[0]
+                             for _ in range(repeats))  # fmt: skip
 
 
 def main() -> None:
