@@ -31,38 +31,16 @@ import scipy.sparse as sp
 
 from recsys.coldstart import ColdStart
 from recsys.errors import StageError
-from recsys.fallback import build_fallback
+from recsys.fallback import ExportParams, build_fallback
 from recsys.families import FAMILIES, Family, load_model
 from recsys.families.base import top_n_of
 from recsys.io import load_npz, map_npz, md5sum, write_json, write_npz
-from recsys.params import Section
 from recsys.paths import BUNDLE
 
 # bumped when the bundle's layout changes, so old readers refuse new bundles
 # (2: any model family, `model.npz` instead of `factors.npz`, `model_type` in the metadata)
 BUNDLE_FORMAT = 2
 MODEL_FILE = "model.npz"
-
-
-@dataclass(frozen=True)
-class ExportParams:
-    """`export:` params."""
-
-    top_n: int
-    fallback_size: int
-
-    @classmethod
-    def from_section(cls, s: Section) -> ExportParams:
-        return cls(top_n=s.int("top_n", min=1), fallback_size=s.int("fallback_size", min=1))
-
-    def check_items(self, n_items: int, source: Path | str) -> None:
-        """Refuse a top-N longer than the catalogue (`source` lists the items) before any work:
-        it can never be filled, and its users x top_n arrays could exhaust memory."""
-        if self.top_n > n_items:
-            raise StageError(
-                f"params.yaml: export.top_n = {self.top_n}; expected <= {n_items:,}, the "
-                f"number of items in {source}"
-            )
 
 
 def build_bundle(

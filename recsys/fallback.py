@@ -18,13 +18,41 @@ hit rate. Score it per audience, not only in aggregate.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.errors import StageError
 from recsys.ids import aligned, read_id_table
+from recsys.params import Section
 from recsys.ranking import popularity_ranking
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """`export:` params: the length of each known user's list and of the fallback list.
+
+    They live here, not with the bundle, because evaluate reads `fallback_size` too: it
+    scores the fallback the bundle will serve, and an edit to the bundle must not re-run it.
+    """
+
+    top_n: int
+    fallback_size: int
+
+    @classmethod
+    def from_section(cls, s: Section) -> ExportParams:
+        return cls(top_n=s.int("top_n", min=1), fallback_size=s.int("fallback_size", min=1))
+
+    def check_items(self, n_items: int, source: Path | str) -> None:
+        """Refuse a top-N longer than the catalogue (`source` lists the items) before any work:
+        it can never be filled, and its users x top_n arrays could exhaust memory."""
+        if self.top_n > n_items:
+            raise StageError(
+                f"params.yaml: export.top_n = {self.top_n}; expected <= {n_items:,}, the "
+                f"number of items in {source}"
+            )
 
 
 def binary_pairs(matrix: sp.spmatrix) -> sp.csr_matrix:

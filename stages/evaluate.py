@@ -1,10 +1,9 @@
 """Stage `evaluate`: score the model, most-popular and the fallback on held-out pairs."""
 
-from recsys.bundle import ExportParams
 from recsys.cli import run_stage
 from recsys.coldstart import STRATEGIES, ColdStartParams, build_coldstart, replace_strategy
 from recsys.evaluation import EvaluateParams, check_split, evaluate_model
-from recsys.fallback import build_fallback, load_item_categories
+from recsys.fallback import ExportParams, build_fallback, load_item_categories
 from recsys.families import load_model, load_model_params, model_file
 from recsys.ids import aligned_columns, load_ids
 from recsys.io import load_csr, md5sum, write_json, write_npz, write_text

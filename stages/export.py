@@ -3,11 +3,11 @@
 from dataclasses import asdict
 
 from recsys.blas import describe
-from recsys.bundle import ExportParams, build_bundle
+from recsys.bundle import build_bundle
 from recsys.cli import run_stage
 from recsys.coldstart import ColdStartParams, build_coldstart, load_user_attributes
 from recsys.errors import StageError
-from recsys.fallback import load_item_categories
+from recsys.fallback import ExportParams, load_item_categories
 from recsys.families import load_family, load_model, model_file
 from recsys.ids import load_ids, load_item_metadata
 from recsys.io import atomic_dir, load_csr, md5sum, read_json

@@ -7,7 +7,7 @@ from recsys.cli import run_stage
 from recsys.confidence import load_events
 from recsys.errors import StageError
 from recsys.families import load_family, model_file
-from recsys.families.als import check_train, loss_csv
+from recsys.families.base import check_train, loss_csv
 from recsys.families.rerank import first_seen, load_item_features
 from recsys.ids import load_ids
 from recsys.io import live_json, load_csr, write_text

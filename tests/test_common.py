@@ -11,7 +11,7 @@ import pytest
 
 from recsys.cli import run_stage
 from recsys.errors import StageError
-from recsys.families.als import load_factors
+from recsys.families.als import AlsModel
 from recsys.ids import read_id_table
 from recsys.io import atomic_dir, load_csr, load_npz, map_npz, write_npz, write_text
 
@@ -91,14 +91,19 @@ def test_unreadable_npz_files_are_stage_errors_without_pickle_advice(in_tmp: Pat
 def test_model_factors_must_be_finite_and_fit_the_matrix(in_tmp: Path) -> None:
     users = np.ones((4, 2), np.float32)
     items = np.ones((3, 2), np.float32)
-    write_npz("ok.npz", user_factors=users, item_factors=items)
-    assert load_factors("ok.npz", 4, 3)[0].shape == (4, 2)
-    with pytest.raises(StageError, match="expected 5 rows"):
-        load_factors("ok.npz", 5, 3)
+
+    def load(path: str, shape: tuple[int, int]) -> AlsModel:
+        return AlsModel.from_arrays(load_npz(path), path, shape, threads=1)
+
+    hyper = {"regularization": np.float32(0.01), "alpha": np.float32(1.0)}  # ALS's EXTRA
+    write_npz("ok.npz", user_factors=users, item_factors=items, **hyper)
+    assert load("ok.npz", (4, 3)).user_factors.shape == (4, 2)
+    with pytest.raises(StageError, match="ok.npz: user_factors has shape .* expected 5 rows"):
+        load("ok.npz", (5, 3))
     items[1, 1] = np.nan
-    write_npz("nan.npz", user_factors=users, item_factors=items)
-    with pytest.raises(StageError, match="item_factors must hold finite floats"):
-        load_factors("nan.npz", 4, 3)
+    write_npz("nan.npz", user_factors=users, item_factors=items, **hyper)
+    with pytest.raises(StageError, match="nan.npz: item_factors must hold finite floats"):
+        load("nan.npz", (4, 3))
 
 
 def test_metadata_table_errors_name_the_file(in_tmp: Path) -> None:

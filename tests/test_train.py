@@ -11,10 +11,11 @@ import scipy.sparse as sp
 import yaml
 
 from recsys.errors import StageError
-from recsys.families.als import AlsParams, fit_als, loss_csv
+from recsys.families.als import AlsParams, fit_als
+from recsys.families.base import loss_csv
 from recsys.io import save_csr
 from recsys.threads import cpu_budget, worker_threads
-from tests.conftest import run_module
+from tests.helpers import run_module
 
 ALS = {
     "factors": 6,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,9 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from recsys.errors import StageError
 from recsys.families.factors import FactorFamily
-from recsys.io import load_npz
 from recsys.params import Section
-from recsys.paths import TRAIN
 
 # One CG iteration costs about SECONDS_PER_ROW_FACTOR2 x (users + items) x factors^2 core-
 # seconds. Measured on the 2-core dev machine (shared, so pessimistic) at the default scale,
@@ -104,17 +101,6 @@ def slow_fit_warning(shape: tuple[int, int], als: AlsParams, threads: int) -> st
         f"threads: roughly {per_iteration / 60:.0f} min per iteration, "
         f"{total / 3600:.1f} h for {als.iterations}{solver}; time grows with factors squared"
     )
-
-
-def check_train(train: sp.csr_matrix, path: Path | str = TRAIN) -> sp.csr_matrix:
-    """Refuse matrices ALS cannot learn from, with a message naming the file."""
-    if train.nnz == 0:
-        raise StageError(f"{path}: no training pairs; check mask.fraction and the input data")
-    if not np.isfinite(train.data).all():
-        raise StageError(f"{path}: non-finite confidences; re-run the confidence stage")
-    if (train.data < 0).any():
-        raise StageError(f"{path}: negative confidences; expected values > 0")
-    return sp.csr_matrix(train, dtype=np.float32)
 
 
 def fit_als(
@@ -198,38 +184,6 @@ def fit_hint(train: sp.csr_matrix, als: AlsParams) -> str:
             "least-squares systems solvable: raise it (e.g. to 0.01)"
         )
     return "; ".join(hints)
-
-
-def loss_csv(losses: list[float]) -> str:
-    """CSV iteration,loss (1-based iterations); 8 significant digits keep it diff-stable."""
-    lines = ["iteration,loss"] + [f"{i},{loss:.8g}" for i, loss in enumerate(losses, 1)]
-    return "\n".join(lines) + "\n"
-
-
-def load_factors(path: Path | str, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """The model's float32 factors, checked: present, finite, and the training matrix's shape.
-
-    NaN factors would otherwise give a plausible-looking but meaningless metrics file.
-    """
-    model = load_npz(path)
-    for key in ("user_factors", "item_factors"):
-        if key not in model:
-            raise StageError(f"{path}: missing array '{key}'; re-run the train stage")
-    users, items = model["user_factors"], model["item_factors"]
-    expected = {"user_factors": n_users, "item_factors": n_items}
-    for key, arr in (("user_factors", users), ("item_factors", items)):
-        if arr.ndim != 2 or arr.shape[0] != expected[key]:
-            raise StageError(
-                f"{path}: {key} has shape {arr.shape}; expected {expected[key]} rows to "
-                f"match {TRAIN} {(n_users, n_items)}; re-run dvc repro"
-            )
-        if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
-            raise StageError(f"{path}: {key} must hold finite floats; re-run the train stage")
-    if users.shape[1] != items.shape[1]:
-        raise StageError(
-            f"{path}: user_factors has {users.shape[1]} factors, item_factors {items.shape[1]}"
-        )
-    return users.astype(np.float32, copy=False), items.astype(np.float32, copy=False)
 
 
 def model_from_factors(

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from recsys.errors import StageError
 from recsys.io import write_npz
+from recsys.paths import TRAIN
 
 # Dense score batches hold at most this many cells (64 MiB of float32), so scoring memory
 # does not grow with the number of users.
@@ -125,6 +126,24 @@ class Family(ABC):
 
 
 # ---------------------------------------------------------------------- shared helpers
+
+
+def check_train(train: sp.csr_matrix, path: Path | str = TRAIN) -> sp.csr_matrix:
+    """The training matrix as float32, refusing one no family can learn from (no pairs,
+    non-finite or negative confidences) with a message naming the file."""
+    if train.nnz == 0:
+        raise StageError(f"{path}: no training pairs; check mask.fraction and the input data")
+    if not np.isfinite(train.data).all():
+        raise StageError(f"{path}: non-finite confidences; re-run the confidence stage")
+    if (train.data < 0).any():
+        raise StageError(f"{path}: negative confidences; expected values > 0")
+    return sp.csr_matrix(train, dtype=np.float32)
+
+
+def loss_csv(losses: list[float]) -> str:
+    """CSV iteration,loss (1-based iterations); 8 significant digits keep it diff-stable."""
+    lines = ["iteration,loss"] + [f"{i},{loss:.8g}" for i, loss in enumerate(losses, 1)]
+    return "\n".join(lines) + "\n"
 
 
 def require(arrays: dict[str, np.ndarray], path: Path | str, *keys: str) -> None:
