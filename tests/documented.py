@@ -12,7 +12,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from tests.conftest import tool_env
+from tests.helpers import tool_env
 
 RUNS = "<!-- test: runs -->"
 

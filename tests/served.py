@@ -21,10 +21,11 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from recsys.bundle import ExportParams, build_bundle
+from recsys.bundle import build_bundle
+from recsys.fallback import ExportParams
 from recsys.families.als import AlsModel
 from recsys.ids import load_item_metadata
-from tests.conftest import RECSYS
+from tests.helpers import RECSYS
 from tests.s3_server import s3_dev
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from recsys.blas import cpu_flags, widest_kernel
-from tests.conftest import ROOT, copy_reproduced
+from tests.helpers import ROOT, copy_reproduced
 
 pytestmark = [
     pytest.mark.dvc,

@@ -8,7 +8,7 @@ import pytest
 from recsys.bootstrap import interval, paired_difference, replicate_means, verdict
 from recsys.errors import StageError
 from recsys.evaluation import EvaluateParams
-from tests.conftest import parse
+from tests.helpers import parse
 
 
 def test_same_seed_same_interval_other_seed_other_interval() -> None:

@@ -12,15 +12,9 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from recsys.bundle import (
-    FALLBACK,
-    ITEMS_FILE,
-    PERSONALISED,
-    ExportParams,
-    build_bundle,
-    load_bundle,
-)
+from recsys.bundle import FALLBACK, ITEMS_FILE, PERSONALISED, build_bundle, load_bundle
 from recsys.errors import StageError
+from recsys.fallback import ExportParams
 from recsys.families.als import AlsModel
 from recsys.ids import load_item_metadata
 from recsys.io import write_npz

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_reproduced, recsys, run, tool_env
+from tests.helpers import copy_reproduced, recsys, run, tool_env
 
 pytestmark = pytest.mark.dvc
 

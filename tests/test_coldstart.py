@@ -13,7 +13,7 @@ from recsys.evaluation import EvaluateParams, evaluate_model
 from recsys.fallback import build_fallback
 from recsys.families.popular import PopularModel, PopularParams
 from recsys.ranking import popularity_ranking
-from tests.conftest import parse
+from tests.helpers import parse
 
 N_ITEMS = 12
 

@@ -11,7 +11,7 @@ import pytest
 
 from recsys.bundle import load_bundle
 from recsys.io import md5sum
-from tests.conftest import copy_reproduced, run, run_module
+from tests.helpers import copy_reproduced, run, run_module
 
 pytestmark = pytest.mark.dvc
 

@@ -13,8 +13,9 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from recsys.bundle import ExportParams, build_bundle, load_bundle
+from recsys.bundle import build_bundle, load_bundle
 from recsys.coldstart import ColdStartParams, build_coldstart
+from recsys.fallback import ExportParams
 from recsys.families.als import AlsModel
 from tests.served import ITEM_IDS, N_ITEMS, N_USERS, USER_IDS, serve
 from tests.test_aws_lambda import EVENTS, body, invoke

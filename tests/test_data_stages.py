@@ -13,7 +13,7 @@ from recsys.confidence import ConfidenceParams, aggregate, load_events, write_pa
 from recsys.errors import StageError
 from recsys.matrix import build, load_pairs
 from recsys.split import MaskParams, random_split
-from tests.conftest import parse
+from tests.helpers import parse
 
 WEIGHTS = {"View": 1.0, "AddToCart": 2.0, "ViewCart": 3.0, "StartCheckout": 4.0, "Purchase": 5.0}
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from recsys.commands import COMMANDS
-from tests.conftest import ROOT, recsys, tool_env
 from tests.documented import is_the_experiments_recipe, run_block, runnable_blocks
+from tests.helpers import ROOT, recsys, tool_env
 
 EXECUTED = ("docs/getting-started.md", "README.md", "docs/experiments.md")
 README_MAX_LINES = 300

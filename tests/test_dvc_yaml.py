@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, make_repo_copy, run, set_params
+from tests.helpers import ROOT, make_repo_copy, run, set_params
 
 PACKAGES = ("stages", "recsys")
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())

@@ -21,7 +21,7 @@ from recsys.aggregation import EngineParams, _sorted_ids, aggregate_duckdb, conf
 from recsys.confidence import ConfidenceParams, aggregate, load_events, write_pairs
 from recsys.errors import StageError
 from recsys.ids import sorted_ids
-from tests.conftest import parse
+from tests.helpers import parse
 from tests.s3_server import S3Server
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
 
@@ -314,7 +314,7 @@ def test_dvc_exp_run_on_spark_keeps_the_data_hashes(reproduced_copy: Path) -> No
     and everything after it, keep the hashes DuckDB gave."""
     import yaml
 
-    from tests.conftest import run
+    from tests.helpers import run
 
     def outs() -> dict[str, str]:
         lock = yaml.safe_load((reproduced_copy / "dvc.lock").read_text())["stages"]

@@ -19,7 +19,7 @@ from recsys.ids import save_ids
 from recsys.io import save_csr
 from recsys.metrics import METRICS, hits_matrix
 from recsys.ranking import popularity_ranking, top_k_unseen
-from tests.conftest import run_module
+from tests.helpers import run_module
 
 ALS = AlsParams(
     factors=8, regularization=0.05, alpha=5.0, iterations=5, use_cg=True, random_state=3

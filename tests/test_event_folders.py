@@ -13,7 +13,7 @@ import pytest
 
 from recsys.errors import StageError
 from recsys.events import ImportParams, interaction_files, read_all_interactions
-from tests.conftest import parse
+from tests.helpers import parse
 
 HEADER = "USER_ID,ITEM_ID,EVENT_TYPE,TIMESTAMP\n"
 

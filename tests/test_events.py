@@ -27,7 +27,7 @@ from recsys.events import (
     import_events,
     read_interactions,
 )
-from tests.conftest import parse
+from tests.helpers import parse
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, copy_reproduced, run
 from tests.documented import commands, is_the_experiments_recipe, run_block, runnable_blocks
+from tests.helpers import ROOT, copy_reproduced, run
 
 pytestmark = pytest.mark.dvc
 

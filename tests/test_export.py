@@ -15,14 +15,15 @@ import yaml
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from recsys.bundle import ExportParams, build_bundle
+from recsys.bundle import build_bundle
 from recsys.cli import run_stage
+from recsys.fallback import ExportParams
 from recsys.families.als import AlsModel, model_from_factors
 from recsys.ids import save_ids
 from recsys.io import save_csr, write_json
 from recsys.ranking import top_k_unseen
 from stages.export import main as export_main
-from tests.conftest import run_module
+from tests.helpers import run_module
 
 TOP_N = 10
 N_USERS, N_ITEMS = 80, 40

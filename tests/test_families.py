@@ -14,9 +14,10 @@ import yaml
 from implicit.evaluation import ranking_metrics_at_k
 from threadpoolctl import threadpool_limits
 
-from recsys.bundle import BUNDLE_FORMAT, PERSONALISED, ExportParams, build_bundle, load_bundle
+from recsys.bundle import BUNDLE_FORMAT, PERSONALISED, build_bundle, load_bundle
 from recsys.errors import StageError
 from recsys.evaluation import score_model_and_baseline
+from recsys.fallback import ExportParams
 from recsys.families import FAMILIES, Family, ModelParams, load_model
 from recsys.families.base import top_k_dense
 from recsys.families.ease import MAX_ITEMS, EaseModel, EaseParams
@@ -25,7 +26,7 @@ from recsys.families.rp3beta import Rp3betaParams, rp3beta_similarity
 from recsys.io import load_npz, save_csr
 from recsys.metrics import hits_matrix
 from recsys.params import load
-from tests.conftest import ROOT, parse, run_module
+from tests.helpers import ROOT, parse, run_module
 from tests.test_evaluate import split_matrix
 
 SMALL = {

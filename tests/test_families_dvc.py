@@ -13,7 +13,7 @@ import yaml
 
 from recsys.families import FAMILIES
 from recsys.io import md5sum
-from tests.conftest import copy_reproduced, recsys, run, set_params
+from tests.helpers import copy_reproduced, recsys, run, set_params
 
 pytestmark = pytest.mark.dvc
 

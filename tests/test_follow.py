@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from recsys.bundle import load_bundle
-from tests.conftest import RECSYS, ROOT, run, set_params, tool_env
+from tests.helpers import RECSYS, ROOT, run, set_params, tool_env
 from tests.served import serve, steady_load
 
 pytestmark = pytest.mark.dvc

@@ -18,7 +18,7 @@ import pytest
 from recsys.bundle import load_bundle
 from recsys.ids import load_ids
 from recsys.io import load_csr
-from tests.conftest import RECSYS, ROOT, copy_reproduced, make_repo_copy, run, set_params
+from tests.helpers import RECSYS, ROOT, copy_reproduced, make_repo_copy, run, set_params
 
 pytestmark = pytest.mark.dvc
 

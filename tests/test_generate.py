@@ -22,7 +22,7 @@ from recsys.params import load
 from recsys.paths import INTERACTIONS, ITEMS, USERS
 from stages import generate as stage
 from stages.generate import GenerateParams
-from tests.conftest import parse
+from tests.helpers import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 

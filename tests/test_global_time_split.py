@@ -23,7 +23,7 @@ from recsys.split import (
     parse_cutoff,
     resolve_cutoff,
 )
-from tests.conftest import parse, run, set_params
+from tests.helpers import parse, run, set_params
 
 WEIGHTS = ConfidenceParams(
     weights={"View": 1.0, "Purchase": 5.0}, aggregation="sum", log_epsilon=1.0

@@ -26,11 +26,12 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from recsys.bundle import ExportParams, build_bundle, load_bundle
+from recsys.bundle import build_bundle, load_bundle
 from recsys.commands import s3_dev
 from recsys.confidence import ConfidenceParams, aggregate, load_events
 from recsys.errors import StageError
 from recsys.events import GZIP_FREE_BYTES, MAX_HEADER_BYTES, read_header, read_interactions
+from recsys.fallback import ExportParams
 from recsys.families.als import (
     MAX_FACTORS,
     AlsModel,
@@ -42,7 +43,7 @@ from recsys.ids import MAX_ID_LENGTH
 from recsys.matrix import build, factorise
 from recsys.params import Section
 from recsys.split import MaskParams, split
-from tests.conftest import RECSYS, recsys
+from tests.helpers import RECSYS, recsys
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "ITEM_ID,USER_ID,EVENT_TYPE,TIMESTAMP,DISCOUNT\n"

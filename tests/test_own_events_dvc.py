@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tests.conftest import SMALL_PARAMS, make_repo_copy, run
+from tests.helpers import SMALL_PARAMS, make_repo_copy, run
 
 pytestmark = pytest.mark.dvc
 

@@ -14,7 +14,7 @@ from recsys.families.als import AlsParams
 from recsys.gate import GateParams
 from recsys.params import Section, load, read_params_file
 from recsys.threads import RuntimeParams
-from tests.conftest import ROOT, run
+from tests.helpers import ROOT, run
 
 ALS = """als:
   factors: 8

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from tests.conftest import copy_reproduced, lock_outs, make_repo_copy, run, set_params
+from tests.helpers import copy_reproduced, lock_outs, make_repo_copy, run, set_params
 
 pytestmark = pytest.mark.dvc
 

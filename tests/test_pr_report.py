@@ -15,7 +15,7 @@ import pytest
 
 from recsys.bootstrap import interval
 from recsys.commands.report import NOISE_CHECKED, Row, headline_rank, render_report
-from tests.conftest import recsys, run
+from tests.helpers import recsys, run
 
 pytestmark = pytest.mark.dvc
 

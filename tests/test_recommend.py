@@ -14,13 +14,14 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from recsys.bundle import FALLBACK, PERSONALISED, ExportParams, build_bundle, load_bundle
+from recsys.bundle import FALLBACK, PERSONALISED, build_bundle, load_bundle
 from recsys.cli import run_stage
 from recsys.errors import StageError
+from recsys.fallback import ExportParams
 from recsys.families.als import AlsModel
 from recsys.io import write_npz
 from recsys.recommend import main as recommend_main
-from tests.conftest import ROOT, recsys
+from tests.helpers import ROOT, recsys
 
 N_USERS, N_ITEMS, TOP_N, FALLBACK_SIZE = 60, 30, 8, 12
 NO_HISTORY = "4"  # row 3: every pair held out

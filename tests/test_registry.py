@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from recsys.bundle import load_bundle
-from tests.conftest import ROOT, run, set_params, tool_env
+from tests.helpers import ROOT, run, set_params, tool_env
 from tests.s3_server import S3Server
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
 from tests.served import serve

@@ -32,7 +32,7 @@ from recsys.families.rerank import (
 from recsys.ids import save_ids
 from recsys.io import load_npz, md5sum, save_csr
 from recsys.metrics import hits_matrix
-from tests.conftest import copy_reproduced, parse, run, run_module, set_params
+from tests.helpers import copy_reproduced, parse, run, run_module, set_params
 from tests.served import invoke_lambda
 from tests.test_evaluate import GROUPS, split_matrix
 

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from recsys.bundle import load_bundle
-from tests.conftest import RECSYS, ROOT, SMALL_PARAMS, make_repo_copy, run, tool_env
 from tests.daily_events import WEIGHTS, day_bytes, day_name
+from tests.helpers import RECSYS, ROOT, SMALL_PARAMS, make_repo_copy, run, tool_env
 from tests.s3_server import S3Server
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
 from tests.served import serve, steady_load

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import lock_outs, run, set_params
+from tests.helpers import lock_outs, run, set_params
 
 pytestmark = pytest.mark.dvc
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMALL_PARAMS, lock_outs, make_repo_copy, run, tool_env
 from tests.daily_events import WEIGHTS, day_bytes, day_name
+from tests.helpers import SMALL_PARAMS, lock_outs, make_repo_copy, run, tool_env
 from tests.s3_server import S3Server
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
 

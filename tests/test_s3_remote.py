@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import copy_reproduced, recsys, run, tool_env
+from tests.helpers import copy_reproduced, recsys, run, tool_env
 from tests.s3_server import S3Server, private_s3_server, s3_dev
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
 

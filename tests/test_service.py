@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from recsys.bundle import load_bundle
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tests.served import N_USERS, Client, serve, write_bundle
 
 TOKEN = "s3cret-token"

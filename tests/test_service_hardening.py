@@ -19,7 +19,7 @@ import pytest
 
 from recsys.bundle import load_bundle
 from recsys.errors import StageError
-from tests.conftest import RECSYS, ROOT
+from tests.helpers import RECSYS, ROOT
 from tests.served import N_USERS, serve, write_bundle
 
 TOKEN = "hardening-token"

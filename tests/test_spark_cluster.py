@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from recsys.io import load_npz, md5sum
-from tests.conftest import copy_reproduced, lock_outs, run, set_params
+from tests.helpers import copy_reproduced, lock_outs, run, set_params
 
 pytestmark = [pytest.mark.dvc, pytest.mark.slow]  # a JVM cluster: `make test-all`
 

@@ -1,0 +1,1 @@
+"""The test suite; `tests.helpers` is shared by its modules and fixtures."""
