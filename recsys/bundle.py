@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.coldstart import ColdStart
-from recsys.errors import StageError
+from recsys.errors import StageError, UnknownIdError
 from recsys.fallback import ExportParams, build_fallback
 from recsys.families import FAMILIES, Family, load_model
 from recsys.families.base import top_n_of
@@ -315,11 +315,13 @@ class Bundle:
     def similar_items(self, item_id: str, n: int = 10) -> Recommendations:
         """The `n` items most similar to `item_id` (itself excluded), with scores: cosine of
         factors for factor models, the learned similarity row for kNN, EASE and RP3beta,
-        popularity for popular. An unknown item is a StageError naming it."""
+        popularity for popular. An unknown item is an UnknownIdError naming it."""
         self.check_n(n)
         col = self._items.get(str(item_id))
         if col is None:
-            raise StageError(f"item_id {str(item_id)!r} is not in the bundle's catalogue")
+            raise UnknownIdError(
+                f"item_id {str(item_id)!r} is not in the bundle's catalogue", "item_id"
+            )
         ids, scores = self.model.similar_items(col, n)
         return Recommendations(
             self.item_ids[ids].tolist(), PERSONALISED, known=True, scores=scores.tolist()

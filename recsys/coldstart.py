@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.errors import StageError
+from recsys.errors import FieldError, StageError
 from recsys.fallback import binary_pairs, build_fallback
 from recsys.params import Section
 from recsys.ranking import popularity_ranking
@@ -374,32 +374,24 @@ def load_user_attributes(
     return aligned_columns(path, "USER_ID", list(columns), user_ids)
 
 
-class AttributeInputError(StageError):
-    """A newcomer's attributes that cannot be used, with the request `field` at fault."""
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 def parse_attributes(given: Mapping[str, Any], columns: tuple[str, ...], prefix: str = "") -> dict:
     """A newcomer's attributes from a request, checked: each name one of the bundle's
     cold-start `columns`, each value a non-empty string of at most MAX_VALUE_LENGTH printable
     characters. A value the shop has never seen is fine (it backs off); a malformed one is an
-    `AttributeInputError` naming `prefix + name`."""
+    `FieldError` naming `prefix + name`."""
     expected = ", ".join(columns) if columns else "none (the bundle's cold start uses none)"
     out: dict[str, str] = {}
     for name, value in given.items():
         field = f"{prefix}{str(name)[:40]}"
         if name not in columns:
-            raise AttributeInputError(
+            raise FieldError(
                 f"unknown attribute {str(name)[:40]!r}; expected one of {expected}", field
             )
         if not isinstance(value, str) or not value.strip():
             shown = repr(value)[:40] if not isinstance(value, str) else "an empty string"
-            raise AttributeInputError(f"{field} = {shown}; expected a non-empty string", field)
+            raise FieldError(f"{field} = {shown}; expected a non-empty string", field)
         if len(value) > MAX_VALUE_LENGTH or not value.isprintable():
-            raise AttributeInputError(
+            raise FieldError(
                 f"{field}: expected at most {MAX_VALUE_LENGTH} printable characters", field
             )
         out[name] = value.strip()

@@ -52,9 +52,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from recsys.bundle import Bundle, Recommendations, load_bundle
-from recsys.coldstart import AttributeInputError, parse_attributes
+from recsys.coldstart import parse_attributes
 from recsys.commands import CommandParser
-from recsys.errors import StageError
+from recsys.errors import FieldError, StageError, UnknownIdError
 from recsys.ids import MAX_ID_LENGTH
 from recsys.paths import BUNDLE, TRAIN
 
@@ -304,10 +304,7 @@ def newcomer_attributes(given: Any, bundle: Bundle, prefix: str = "") -> dict[st
             400, 'attributes: expected an object like {"SEGMENT": "web"}', "attributes"
         )
     columns = bundle.coldstart.columns if bundle.coldstart is not None else ()
-    try:
-        return parse_attributes(given, columns, prefix)
-    except AttributeInputError as exc:
-        raise ServiceError(400, str(exc), exc.field) from None
+    return parse_attributes(given, columns, prefix)  # FieldError: a 400 naming the field
 
 
 def cold_start_info(recs: Recommendations) -> dict[str, Any]:
@@ -329,14 +326,19 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def endpoint(func: Handler) -> Handler:
-    """Map ServiceError/StageError to their JSON answer and anything unexpected to a plain
-    500 (logged with its traceback here, never sent to the client)."""
+    """Map ServiceError, UnknownIdError (404), FieldError and StageError (400) to their
+    JSON answer and anything unexpected to a plain 500 (logged with its traceback here,
+    never sent to the client)."""
 
     async def wrapped(request: Request) -> Response:
         try:
             return await func(request)
         except ServiceError as exc:
             return error_response(exc.status, exc.message, exc.field)
+        except UnknownIdError as exc:
+            return error_response(404, str(exc), exc.field)
+        except FieldError as exc:
+            return error_response(400, str(exc), exc.field)
         except StageError as exc:
             return error_response(400, str(exc))
         except Exception:
@@ -383,172 +385,184 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
+# Handlers are module-level functions over the app's state (`request.app.state`): the
+# bundle slot, and the admin token (None: /admin/reload is disabled).
+
+
+def slot_of(request: Request) -> BundleSlot:
+    return request.app.state.slot
+
+
+@endpoint
+async def health(request: Request) -> Response:
+    check_query(request, ())
+    slot = slot_of(request)
+    loaded = slot.current
+    if loaded is None:
+        status = "loading" if slot.loading or slot.last_error is None else "unavailable"
+        return JSON({"status": status, "error": slot.last_error}, status_code=503)
+    return JSON({"status": "ok", "bundle": loaded.info()})
+
+
+@endpoint
+async def user_recommendations(request: Request) -> Response:
+    bundle = slot_of(request).require()
+    columns = bundle.coldstart.columns if bundle.coldstart is not None else ()
+    query = check_query(request, ("n", *columns))  # attributes: for unknown users
+    user_id = check_id("user_id", request.path_params["user_id"])
+    attributes = newcomer_attributes({k: v for k, v in query.items() if k != "n"}, bundle)
+    recs = bundle.recommend(user_id, parse_n(query.get("n"), bundle), attributes)
+    return JSON(
+        {"user_id": user_id, "source": recs.source, "known": recs.known}
+        | {"items": item_list(bundle, recs)}
+        | cold_start_info(recs)
+    )
+
+
+@endpoint
+async def session_recommendations(request: Request) -> Response:
+    check_query(request, ())
+    body = await read_json_body(request)
+    bundle = slot_of(request).require()  # taken after the body arrived: one bundle per answer
+    items, n = parse_session(body, bundle)
+    attributes = newcomer_attributes(body.get("attributes", {}), bundle, "attributes.")
+    recs, unknown = bundle.recommend_session(items, n, attributes)
+    return JSON(
+        {"source": recs.source, "items": item_list(bundle, recs), "unknown_items": unknown}
+        | cold_start_info(recs)
+    )
+
+
+@endpoint
+async def similar(request: Request) -> Response:
+    query = check_query(request, ("n",))
+    bundle = slot_of(request).require()
+    item_id = check_id("item_id", request.path_params["item_id"])
+    recs = bundle.similar_items(item_id, parse_n(query.get("n"), bundle))  # unknown: 404
+    (meta,) = bundle.item_metadata([item_id])
+    return JSON({"item_id": item_id, "item": meta, "items": item_list(bundle, recs)})
+
+
+@endpoint
+async def metadata(request: Request) -> Response:
+    check_query(request, ())
+    slot = slot_of(request)
+    slot.require()
+    loaded = slot.current
+    assert loaded is not None
+    meta = loaded.bundle.metadata
+    return JSON(
+        {
+            "model": {"family": meta.get("model_type"), "params": meta.get("params", {})},
+            "metrics": meta.get("metrics", {}),
+            "training_data": {"md5": meta.get("inputs_md5", {}).get(str(TRAIN))},
+            "bundle": loaded.info(),
+            "limits": {
+                "max_n": loaded.bundle.max_n,
+                "max_session_items": MAX_SESSION_ITEMS,
+                "max_body_bytes": MAX_BODY_BYTES,
+            },
+        }
+    )
+
+
+@endpoint
+async def reload(request: Request) -> Response:
+    token = request.app.state.admin_token
+    if not token:
+        raise ServiceError(404, f"admin endpoint disabled; set {ADMIN_TOKEN_ENV} to enable it")
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise ServiceError(
+            401, "expected the header Authorization: Bearer <admin token>", "authorization"
+        )
+    slot = slot_of(request)
+    previous = slot.current
+    try:
+        loaded = await slot.load_async("admin reload")
+    except StageError as exc:
+        serving = previous.info() if previous else None
+        return JSON({"error": f"new bundle refused: {exc}", "serving": serving}, status_code=409)
+    return JSON(
+        {
+            "reloaded": True,
+            "bundle": loaded.info(),
+            "previous": previous.info() if previous else None,
+        }
+    )
+
+
+async def routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (no such route, wrong method) as our JSON error."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    message = {
+        404: f"no such endpoint: {request.method} {request.url.path[:80]}",
+        405: f"method {request.method} not allowed here",
+    }.get(status, "request refused")
+    return error_response(status, message)
+
+
+@contextlib.asynccontextmanager
+async def load_in_background(app: Starlette) -> AsyncIterator[None]:
+    """The lifespan with `load_on_startup`: load the bundle in the background (so /health
+    says 503 until it is in) and reload it on SIGHUP."""
+    slot: BundleSlot = app.state.slot
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def start_load(reason: str) -> None:
+        # A refused bundle was logged by `load`; keep the task until it is done.
+        task = asyncio.ensure_future(slot.load_async(reason))
+        tasks.add(task)
+        task.add_done_callback(finished)
+
+    def finished(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not report it again
+
+    loop = asyncio.get_running_loop()
+    limit_threads()
+    start_load("startup")
+    hup = True
+    try:
+        loop.add_signal_handler(signal.SIGHUP, start_load, "SIGHUP")
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        hup = False
+        log.warning("SIGHUP reload unavailable here; use POST /admin/reload")
+    try:
+        yield
+    finally:
+        if hup:
+            loop.remove_signal_handler(signal.SIGHUP)
+
+
+ROUTES = [
+    Route("/health", health, methods=["GET"]),
+    Route("/recommendations/{user_id}", user_recommendations, methods=["GET"]),
+    Route("/recommendations", session_recommendations, methods=["POST"]),
+    Route("/items/{item_id}/similar", similar, methods=["GET"]),
+    Route("/metadata", metadata, methods=["GET"]),
+    Route("/admin/reload", reload, methods=["POST"]),
+]
+
+
 def create_app(
     slot: BundleSlot,
     admin_token: str | None = None,
     load_on_startup: bool = True,
     allowed_hosts: Sequence[str] = ("*",),
-):
+) -> Starlette:
     """The ASGI app over `slot`. With `load_on_startup` the lifespan loads the bundle in the
-    background (so /health says 503 until it is in) and SIGHUP reloads it. A request whose
-    Host is not in `allowed_hosts` is refused; no path is redirected (a trailing slash is a
-    404), so no answer points a client at a host it named."""
-
-    @endpoint
-    async def health(request: Request) -> Response:
-        check_query(request, ())
-        loaded = slot.current
-        if loaded is None:
-            status = "loading" if slot.loading or slot.last_error is None else "unavailable"
-            return JSON({"status": status, "error": slot.last_error}, status_code=503)
-        return JSON({"status": "ok", "bundle": loaded.info()})
-
-    @endpoint
-    async def user_recommendations(request: Request) -> Response:
-        bundle = slot.require()
-        columns = bundle.coldstart.columns if bundle.coldstart is not None else ()
-        query = check_query(request, ("n", *columns))  # attributes: for unknown users
-        user_id = check_id("user_id", request.path_params["user_id"])
-        attributes = newcomer_attributes({k: v for k, v in query.items() if k != "n"}, bundle)
-        recs = bundle.recommend(user_id, parse_n(query.get("n"), bundle), attributes)
-        return JSON(
-            {
-                "user_id": user_id,
-                "source": recs.source,
-                "known": recs.known,
-                "items": item_list(bundle, recs),
-            }
-            | cold_start_info(recs)
-        )
-
-    @endpoint
-    async def session_recommendations(request: Request) -> Response:
-        check_query(request, ())
-        body = await read_json_body(request)
-        bundle = slot.require()  # taken after the body arrived: one bundle per answer
-        items, n = parse_session(body, bundle)
-        attributes = newcomer_attributes(body.get("attributes", {}), bundle, "attributes.")
-        recs, unknown = bundle.recommend_session(items, n, attributes)
-        return JSON(
-            {"source": recs.source, "items": item_list(bundle, recs), "unknown_items": unknown}
-            | cold_start_info(recs)
-        )
-
-    @endpoint
-    async def similar(request: Request) -> Response:
-        query = check_query(request, ("n",))
-        bundle = slot.require()
-        item_id = check_id("item_id", request.path_params["item_id"])
-        n = parse_n(query.get("n"), bundle)
-        try:
-            recs = bundle.similar_items(item_id, n)
-        except StageError as exc:
-            raise ServiceError(404, str(exc), "item_id") from None
-        (meta,) = bundle.item_metadata([item_id])
-        return JSON({"item_id": item_id, "item": meta, "items": item_list(bundle, recs)})
-
-    @endpoint
-    async def metadata(request: Request) -> Response:
-        check_query(request, ())
-        slot.require()
-        loaded = slot.current
-        assert loaded is not None
-        meta = loaded.bundle.metadata
-        params = meta.get("params", {})
-        return JSON(
-            {
-                "model": {
-                    "family": meta.get("model_type"),
-                    "params": params,
-                },
-                "metrics": meta.get("metrics", {}),
-                "training_data": {"md5": meta.get("inputs_md5", {}).get(str(TRAIN))},
-                "bundle": loaded.info(),
-                "limits": {
-                    "max_n": loaded.bundle.max_n,
-                    "max_session_items": MAX_SESSION_ITEMS,
-                    "max_body_bytes": MAX_BODY_BYTES,
-                },
-            }
-        )
-
-    @endpoint
-    async def reload(request: Request) -> Response:
-        if not admin_token:
-            raise ServiceError(404, f"admin endpoint disabled; set {ADMIN_TOKEN_ENV} to enable it")
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {admin_token}".encode()):
-            raise ServiceError(
-                401, "expected the header Authorization: Bearer <admin token>", "authorization"
-            )
-        previous = slot.current
-        try:
-            loaded = await slot.load_async("admin reload")
-        except StageError as exc:
-            serving = previous.info() if previous else None
-            return JSON(
-                {"error": f"new bundle refused: {exc}", "serving": serving}, status_code=409
-            )
-        return JSON(
-            {
-                "reloaded": True,
-                "bundle": loaded.info(),
-                "previous": previous.info() if previous else None,
-            }
-        )
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        tasks: set[asyncio.Task[Any]] = set()
-
-        def start_load(reason: str) -> None:
-            # A refused bundle was logged by `load`; keep the task until it is done.
-            task = asyncio.ensure_future(slot.load_async(reason))
-            tasks.add(task)
-            task.add_done_callback(finished)
-
-        def finished(task: asyncio.Task[Any]) -> None:
-            tasks.discard(task)
-            if not task.cancelled():
-                task.exception()  # retrieved, so asyncio does not report it again
-
-        loop = asyncio.get_running_loop()
-        hup = False
-        if load_on_startup:
-            limit_threads()
-            start_load("startup")
-            try:
-                loop.add_signal_handler(signal.SIGHUP, start_load, "SIGHUP")
-                hup = True
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-                log.warning("SIGHUP reload unavailable here; use POST /admin/reload")
-        try:
-            yield
-        finally:
-            if hup:
-                loop.remove_signal_handler(signal.SIGHUP)
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        status = exc.status_code if isinstance(exc, HTTPException) else 500
-        message = {
-            404: f"no such endpoint: {request.method} {request.url.path[:80]}",
-            405: f"method {request.method} not allowed here",
-        }.get(status, "request refused")
-        return error_response(status, message)
-
-    routes = [
-        Route("/health", health, methods=["GET"]),
-        Route("/recommendations/{user_id}", user_recommendations, methods=["GET"]),
-        Route("/recommendations", session_recommendations, methods=["POST"]),
-        Route("/items/{item_id}/similar", similar, methods=["GET"]),
-        Route("/metadata", metadata, methods=["GET"]),
-        Route("/admin/reload", reload, methods=["POST"]),
-    ]
+    background and SIGHUP reloads it (`load_in_background`); without it (Lambda) the caller
+    loads. A request whose Host is not in `allowed_hosts` is refused; no path is redirected
+    (a trailing slash is a 404), so no answer points a client at a host it named."""
     app = Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={HTTPException: not_found},
+        routes=ROUTES,
+        lifespan=load_in_background if load_on_startup else None,
+        exception_handlers={HTTPException: routing_error},
     )
+    app.state.slot = slot
+    app.state.admin_token = admin_token
     app.router.redirect_slashes = False  # its 307 would echo the client's Host header
     if "*" not in allowed_hosts:  # no layer at all when any host is served
         app.add_middleware(HostCheck, allowed=list(allowed_hosts))

@@ -15,7 +15,7 @@ from implicit.evaluation import ranking_metrics_at_k
 from threadpoolctl import threadpool_limits
 
 from recsys.bundle import BUNDLE_FORMAT, PERSONALISED, build_bundle, load_bundle
-from recsys.errors import StageError
+from recsys.errors import StageError, UnknownIdError
 from recsys.evaluation import score_model_and_baseline
 from recsys.fallback import ExportParams
 from recsys.families import FAMILIES, Family, ModelParams, load_model
@@ -343,5 +343,6 @@ def test_bundle_serves_users_sessions_and_similar_items(
 
     similar = bundle.similar_items("i3", 6)
     assert "i3" not in similar and len(similar.scores) == len(similar) > 0
-    with pytest.raises(StageError, match="item_id 'nope' is not in the bundle's catalogue"):
+    with pytest.raises(UnknownIdError, match="item_id 'nope' is not in the bundle") as unknown:
         bundle.similar_items("nope", 3)
+    assert unknown.value.field == "item_id"  # the service's 404 names it
