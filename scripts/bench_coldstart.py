@@ -18,23 +18,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recsys.bootstrap import paired_difference, verdict  # noqa: E402
-from recsys.coldstart import ColdStartParams, build_coldstart, load_user_attributes  # noqa: E402
-from recsys.evaluation import EvaluateParams, evaluated_users  # noqa: E402
-from recsys.fallback import load_item_categories  # noqa: E402
-from recsys.families import load_model, load_model_params, model_file  # noqa: E402
-from recsys.ids import load_ids  # noqa: E402
-from recsys.io import load_csr  # noqa: E402
-from recsys.metrics import per_user_metrics  # noqa: E402
-from recsys.params import load  # noqa: E402
-from recsys.paths import ITEM_IDS, ITEMS, TEST, TRAIN, USER_IDS, USERS  # noqa: E402
+from recsys.bootstrap import paired_difference, verdict
+from recsys.coldstart import ColdStartParams, build_coldstart, load_user_attributes
+from recsys.evaluation import EvaluateParams, evaluated_users
+from recsys.fallback import load_item_categories
+from recsys.families import load_model, load_model_params, model_file
+from recsys.ids import load_ids
+from recsys.io import load_csr
+from recsys.metrics import per_user_metrics
+from recsys.params import load
+from recsys.paths import ITEM_IDS, ITEMS, TEST, TRAIN, USER_IDS, USERS
 
 RRF_C = 60.0  # the usual reciprocal-rank-fusion constant
 

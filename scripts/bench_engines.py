@@ -30,9 +30,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from benchmark import (  # noqa: E402
+from benchmark import (
     parse_overrides,
     plot_curves,
     run_stage,

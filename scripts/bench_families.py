@@ -17,25 +17,27 @@ ALS is always measured too, as the reference.
 from __future__ import annotations
 
 import argparse
+import json
 import re
-import sys
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from recsys.families import FAMILIES
 
-from benchmark import measure_stage, scratch_parent, scratch_repo  # noqa: E402
-
-from recsys.families import FAMILIES  # noqa: E402
+from benchmark import fit_seconds, measure_stage, scratch_parent, scratch_repo
 
 DATA_STAGES = ["generate", "confidence", "matrix", "mask"]
 MODEL_STAGES = ["train", "evaluate", "export"]
 
 
-def seconds(pattern: str, text: str) -> float | None:
-    found = re.search(pattern, text)
-    return float(found.group(1)) if found else None
+def scoring_seconds(evaluate_stdout: str) -> float:
+    """The evaluate stage's scoring time, as it prints it (timings are not in its metrics:
+    they would make every run's metrics differ)."""
+    found = re.search(r"scoring (\d+\.\d+)s", evaluate_stdout)
+    if not found:
+        raise SystemExit(f"no scoring time in the evaluate stage's output:\n{evaluate_stdout}")
+    return float(found.group(1))
 
 
 def set_family(repo: Path, family: str) -> None:
@@ -86,11 +88,11 @@ def main() -> None:
                 model_mib = (repo / "models" / f"{family}.npz").stat().st_size / 2**20
                 evaluate = results["evaluate"]
                 ev_wall, ev_rss, ev_out = evaluate.wall, evaluate.rss, evaluate.stdout
-                fit = seconds(r"fit (\d+\.\d+)s", out)
-                scoring = seconds(r"scoring (\d+\.\d+)s", ev_out)
-                map_k = seconds(r"MAP@\d+ (\d+\.\d+)", ev_out)
-                users = seconds(r"evaluate: \w+ (\d+) users", ev_out.replace(",", ""))
-                per_user = 1000 * scoring / users if users else float("nan")
+                fit = fit_seconds(out)
+                scoring = scoring_seconds(ev_out)
+                metrics = json.loads((repo / "metrics" / "metrics.json").read_text())
+                map_k = metrics["map_at_k"]
+                per_user = 1000 * scoring / metrics["users"] if metrics["users"] else float("nan")
                 bundle = repo / "models" / "bundle"
                 bundle_mib = sum(f.stat().st_size for f in bundle.iterdir()) / 2**20
                 print(

@@ -25,10 +25,8 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_engines import measure_tree  # noqa: E402
-from benchmark import run_stage, scratch_parent, scratch_repo  # noqa: E402
+from bench_engines import measure_tree
+from benchmark import run_stage, scratch_parent, scratch_repo
 
 THREADS = 2
 SWEEPABLE = ("alpha", "regularization", "iterations", "user_blocks", "item_blocks", "seed")

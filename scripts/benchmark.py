@@ -132,7 +132,6 @@ def baselines(repo: Path, repeat: int) -> dict[str, float]:
     """Time the library calls our stages wrap, on the same data, in this process."""
     from threadpoolctl import threadpool_limits
 
-    sys.path.insert(0, str(repo))
     cwd = os.getcwd()
     os.chdir(repo)
     try:
@@ -170,7 +169,6 @@ def baselines(repo: Path, repeat: int) -> dict[str, float]:
         }
     finally:
         os.chdir(cwd)
-        sys.path.remove(str(repo))
 
 
 def recommend_latency(repo: Path, calls: int = 2000) -> float:
