@@ -1,15 +1,19 @@
-"""dvc.yaml cannot go stale: each stage's code deps are exactly the modules it imports, no
-output keeps a stage out of the run-cache, and the user's event files are dependencies."""
+"""dvc.yaml cannot go stale: each stage's code deps are exactly the modules it imports, its
+data deps and outs are exactly what it reads and writes, no output keeps a stage out of the
+run-cache, and the user's event files are dependencies."""
 
 from __future__ import annotations
 
 import ast
+import hashlib
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import ROOT, make_repo_copy, run, set_params
+from tests.helpers import ROOT, make_repo_copy, run, set_params, tool_env
 
 PACKAGES = ("stages", "recsys")
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -62,6 +66,53 @@ def test_code_deps_are_exactly_the_import_closure(name: str) -> None:
     declared = code_deps(stage)
     assert not closure - declared, f"{name}: dvc.yaml misses {sorted(closure - declared)}"
     assert not declared - closure, f"{name}: dvc.yaml lists unused {sorted(declared - closure)}"
+
+
+def files_under(root: Path) -> dict[str, str]:
+    """Relative path -> md5 of every file under `root`, compiled bytecode left out."""
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+@pytest.mark.dvc
+@pytest.mark.parametrize("name", list(STAGES))
+def test_data_deps_and_outs_are_what_the_stage_reads_and_writes(
+    name: str, reproduced_template: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The stage's command, run in a folder holding only params.yaml and the deps `dvc repro`
+    recorded for it, succeeds and writes exactly its declared outs, with the bytes `dvc
+    repro` wrote: an undeclared input shows up as a failure, or (one the stage can do
+    without) as different bytes; an undeclared output as an extra file."""
+    template = reproduced_template[0]
+    lock = yaml.safe_load((template / "dvc.lock").read_text())["stages"][name]
+    work = tmp_path / name
+    for path in [d["path"] for d in lock["deps"]] + ["params.yaml"]:
+        source, target = template / path, work / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    before = files_under(work)
+    proc = subprocess.run(
+        lock["cmd"].split(), cwd=work, env=tool_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"{name} with only its declared deps:\n{proc.stderr}"
+    after = files_under(work)
+    assert {p: h for p, h in before.items() if after.get(p) != h} == {}, f"{name} changed deps"
+    written = {p: h for p, h in after.items() if p not in before}
+    declared: dict[str, str] = {}
+    for out in lock["outs"]:
+        source = template / out["path"]
+        if source.is_dir():
+            declared |= {f"{out['path']}/{p}": h for p, h in files_under(source).items()}
+        else:
+            declared[out["path"]] = hashlib.md5(source.read_bytes()).hexdigest()
+    assert written.keys() == declared.keys(), f"{name}: writes {sorted(written)}"
+    assert written == declared, f"{name}: outputs differ from dvc repro's"
 
 
 def test_closure_follows_function_level_and_package_imports(tmp_path: Path) -> None:
