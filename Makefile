@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make repro   create/reuse .venv from requirements.txt, then run the pipeline (dvc repro)
-#   make test    create/reuse .venv from requirements.txt, then run the test suite (3.5 to 4 min on 2 cores)
+#   make test    create/reuse .venv from requirements.txt, then run the test suite (about 3 min on 2 cores)
 # Both install the `recsys` command (recsys --help) into .venv.
 #   make docs    serve the docs site on http://127.0.0.1:8001 (mkdocs, live reload)
 #   make serve   the HTTP service over models/bundle (docs: Deploy)
@@ -15,6 +15,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 # subprocesses, so one extra worker keeps both cores busy, and more only fight for them: on 2
 # cores, 621 tests took 204 s on 3 workers against 208 s on 2 and 216-225 s on 4
 # (`python scripts/bench_tests.py --workers N`, docs/testing.md); `make test WORKERS=1` runs serially.
+# The suite starts a Spark standalone cluster (pyspark), so it checks for Java first.
 CORES := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 WORKERS ?= $(shell echo $$(( $(CORES) * 3 / 2 > 1 ? $(CORES) * 3 / 2 : 2 )))
 
@@ -37,12 +38,13 @@ repro: setup
 	@echo "==> dvc repro: generate -> confidence -> matrix -> mask -> train -> evaluate -> export"
 	dvc repro
 
-# Usually 3.5 to 4 minutes on 2 cores (621 tests in 204 to 244 s as the machine's speed varies, `make bench-tests`; docs/testing.md); the Spark tests and the two-day loop are in test-all.
-test: setup
-	@echo "==> pytest on $(WORKERS) workers (usually 3.5 to 4 minutes on 2 cores)"
+# About 3 minutes on 2 cores: 631 tests in 166 s (`make bench-tests`, docs/testing.md), the
+# Spark standalone cluster included; the slow ones (Spark local[2] checks, the two-day loop) are in test-all.
+test: java setup
+	@echo "==> pytest on $(WORKERS) workers (about 3 minutes on 2 cores)"
 	python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 
-test-all: setup
+test-all: java setup
 	python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder -m "slow or not slow"
 
 docs: setup
@@ -110,8 +112,6 @@ rehearse: setup
 java:
 	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
 	case "$$v" in 17|18|19|20|21) ;; *) echo "error: pyspark needs Java 17 or 21 (found: $${v:-none}); install it: sudo apt-get install -y openjdk-17-jre-headless" >&2; exit 2;; esac
-# `make test-all` runs the Spark tests (marked slow), so it needs Java; `make test` does not.
-test-all: java
 
 # the confidence stage per engine at 1x and 10x (docs/scale-out.md); about 10 minutes on 2 cores
 bench-engines: setup java

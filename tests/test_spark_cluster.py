@@ -1,6 +1,7 @@
 """A real Spark standalone cluster: a master and two workers on 127.0.0.1, started from the
-installed pyspark, once per test session; `dvc repro` submits the confidence aggregation and
-a spark_als train to it, and the same runs on local[2] give the same bytes."""
+installed pyspark once for this module (its tests share one pytest-xdist worker); `dvc repro`
+submits the confidence aggregation and a spark_als train to it, and the same runs on
+local[2] give the same bytes."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 from recsys.io import load_npz, md5sum
 from tests.helpers import copy_reproduced, lock_outs, run, set_params
 
-pytestmark = [pytest.mark.dvc, pytest.mark.slow]  # a JVM cluster: `make test-all`
+pytestmark = pytest.mark.dvc
 
 WORKERS = 2
 SMALL_SPARK_ALS = {
@@ -54,7 +55,7 @@ def alive_workers(ui: int) -> int:
         return 0
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`spark://127.0.0.1:PORT` of a running master with two one-core workers."""
     root = tmp_path_factory.mktemp("spark-cluster")

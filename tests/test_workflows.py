@@ -182,10 +182,24 @@ def test_main_workflow_checks_then_pushes_only_with_credentials() -> None:
     # Stale committed results stop the run before anything reaches the remote
     # (tests/test_check_repro.py checks the command's exit codes and messages).
     assert pull < repro < check < push
-    # The slow tests (the Spark standalone cluster among them) run on main, with Java 17.
-    slow = job_running(main, "make test-all")
-    java = [s for s in slow["steps"] if str(s.get("uses", "")).startswith("actions/setup-java@")]
-    assert java and str(java[0]["with"]["java-version"]) == "17"
+    # The slow tests run on main too.
+    job_running(main, "make test-all")
+
+
+@pytest.mark.parametrize("command", ["make test", "make test-all"])
+@pytest.mark.parametrize("name", ["pr.yml", "main.yml"])
+def test_every_test_job_sets_up_java_17_before_the_tests(name: str, command: str) -> None:
+    """The suite starts a Spark standalone cluster, and `make test` stops without Java."""
+    workflow = load(name)
+    jobs = [j for j in workflow["jobs"].values() if any(runs(s, command) for s in j["steps"])]
+    if command == "make test":
+        assert jobs, f"{name}: no job runs {command!r}"
+    for job in jobs:
+        uses = [str(s.get("uses", "")) for s in job["steps"]]
+        java = [i for i, u in enumerate(uses) if u.startswith("actions/setup-java@")]
+        tests = [i for i, s in enumerate(job["steps"]) if runs(s, command)]
+        assert java and java[0] < tests[0], f"{name}: no Java before {command!r}"
+        assert str(job["steps"][java[0]]["with"]["java-version"]) == "17"
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
@@ -199,3 +213,22 @@ def test_every_makefile_target_parses() -> None:
             ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=False
         )
         assert proc.returncode == 0, (target, proc.stderr)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_test_stops_in_one_line_without_java(tmp_path: Path) -> None:
+    """Without Java on PATH the suite's Spark cluster cannot start: `make test` says so and
+    how to install it, before installing anything."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sed", "head"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    proc = subprocess.run(
+        [shutil.which("make"), "-s", "test"], cwd=ROOT, capture_output=True, text=True,
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path)}, check=False, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("error: pyspark needs Java 17 or 21 (found: none)")
+    assert "apt-get install -y openjdk-17-jre-headless" in lines[0]
+    assert "pip" not in proc.stdout + proc.stderr  # nothing was installed
