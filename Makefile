@@ -10,14 +10,14 @@ BIN := $(CURDIR)/$(VENV)/bin
 # Stages run as `python -m stages.X` through dvc: put the venv first so they find its packages.
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
-# pytest workers: three per two cores by default; --dist loadgroup keeps the tests of a
-# module-scoped fixture on one worker (tests/conftest.py). Most tests wait on dvc and server
-# subprocesses, so one extra worker keeps both cores busy, and more only fight for them: on 2
-# cores, 621 tests took 204 s on 3 workers against 208 s on 2 and 216-225 s on 4
-# (`python scripts/bench_tests.py --workers N`, docs/testing.md); `make test WORKERS=1` runs serially.
+# pytest workers: one per core (at least two); --dist loadgroup keeps the tests of a
+# module-scoped fixture on one worker (tests/conftest.py). More workers only fight for the
+# cores: on 2 cores, 636 tests took 157 and 169 s on 2 workers, 160 and 174 s on 3 (with 10%
+# more CPU) and 169 s on 4 (`python scripts/bench_tests.py --workers N`, docs/testing.md);
+# `make test WORKERS=1` runs serially.
 # The suite starts a Spark standalone cluster (pyspark), so it checks for Java first.
 CORES := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
-WORKERS ?= $(shell echo $$(( $(CORES) * 3 / 2 > 1 ? $(CORES) * 3 / 2 : 2 )))
+WORKERS ?= $(shell echo $$(( $(CORES) > 2 ? $(CORES) : 2 )))
 
 .PHONY: setup repro test test-all docs docs-build lint format bench bench-tests bench-families \
 	bench-service fidelity serve clean-venv
@@ -38,7 +38,7 @@ repro: setup
 	@echo "==> dvc repro: generate -> confidence -> matrix -> mask -> train -> evaluate -> export"
 	dvc repro
 
-# About 3 minutes on 2 cores: 631 tests in 166 s (`make bench-tests`, docs/testing.md), the
+# About 3 minutes on 2 cores: 636 tests in 157 to 169 s (`make bench-tests`, docs/testing.md), the
 # Spark standalone cluster included; the slow ones (Spark local[2] checks, the two-day loop) are in test-all.
 test: java setup
 	@echo "==> pytest on $(WORKERS) workers (about 3 minutes on 2 cores)"

@@ -21,7 +21,7 @@ on a shared host it moves by 10-20 % within minutes, so two runs compare by thei
 units of that loop rather than by seconds.
 
     python scripts/bench_tests.py                  # the default suite, as `make test` runs it
-    python scripts/bench_tests.py --workers 3 -- tests/test_gate.py
+    python scripts/bench_tests.py --workers 2 -- tests/test_gate.py
 """
 
 from __future__ import annotations
@@ -128,9 +128,7 @@ def reference_cpu(repeats: int = 5) -> float:
 def main() -> None:
     cores = os.cpu_count() or 1
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--workers", type=int, default=max(2, cores * 3 // 2), help="pytest-xdist workers"
-    )
+    parser.add_argument("--workers", type=int, default=max(2, cores), help="pytest-xdist workers")
     parser.add_argument("--top", type=int, default=15, help="modules and kinds to list")
     parser.add_argument("--slowest", type=int, default=8, help="tests to list")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest after --")
