@@ -18,8 +18,8 @@ from tests.helpers import copy_reproduced, make_repo_copy, run
 # The Spark tests' JVMs (drivers, executors, a standalone master and workers) live for
 # seconds: the optimising JIT compiler and the parallel collector's threads cost them more
 # than they win. The C1 compiler alone and one GC thread cut the cluster test's CPU by two
-# fifths and its wall time by a quarter (docs/testing.md); the bytes Spark writes do not depend on
-# either. An explicit JDK_JAVA_OPTIONS, even empty, is kept.
+# fifths and its wall time by a quarter (docs/testing.md); the bytes Spark writes do not
+# depend on either. An explicit JDK_JAVA_OPTIONS, even empty, is kept.
 os.environ.setdefault("JDK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
 
