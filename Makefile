@@ -15,7 +15,6 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 # cores: on 2 cores, 636 tests took 157 and 169 s on 2 workers, 160 and 174 s on 3 (with 10%
 # more CPU) and 169 s on 4 (`python scripts/bench_tests.py --workers N`, docs/testing.md);
 # `make test WORKERS=1` runs serially.
-# The suite starts a Spark standalone cluster (pyspark), so it checks for Java first.
 CORES := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 WORKERS ?= $(shell echo $$(( $(CORES) > 2 ? $(CORES) : 2 )))
 
@@ -39,7 +38,8 @@ repro: setup
 	dvc repro
 
 # About 3 minutes on 2 cores: 636 tests in 157 to 169 s (`make bench-tests`, docs/testing.md), the
-# Spark standalone cluster included; the slow ones (Spark local[2] checks, the two-day loop) are in test-all.
+# Spark standalone cluster included (so it checks for Java first); the slow ones (Spark
+# local[2] checks, the two-day loop) are in test-all.
 test: java setup
 	@echo "==> pytest on $(WORKERS) workers (about 3 minutes on 2 cores)"
 	python -m pytest -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
