@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 # pytest workers: one per core (at least two); --dist loadgroup keeps the tests of a
 # module-scoped fixture on one worker (tests/conftest.py). More workers only fight for the
-# cores: on 2 cores, 636 tests took 157 and 169 s on 2 workers, 160 and 174 s on 3 (with 10%
+# cores: on 2 cores, 636 tests (as they were then) took 157 and 169 s on 2 workers, 160 and 174 s on 3 (with 10%
 # more CPU) and 169 s on 4 (`python scripts/bench_tests.py --workers N`, docs/testing.md);
 # `make test WORKERS=1` runs serially.
 CORES := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
@@ -37,7 +37,7 @@ repro: setup
 	@echo "==> dvc repro: generate -> confidence -> matrix -> mask -> train -> evaluate -> export"
 	dvc repro
 
-# About 3 minutes on 2 cores: 636 tests in 157 to 169 s (`make bench-tests`, docs/testing.md), the
+# About 3 minutes on 2 cores: 634 tests in 157 to 193 s (`make bench-tests`, docs/testing.md), the
 # Spark standalone cluster included (so it checks for Java first); the slow ones (Spark
 # local[2] checks, the two-day loop) are in test-all.
 test: java setup
