@@ -3,6 +3,7 @@ are in `tests/helpers.py`."""
 
 from __future__ import annotations
 
+import compileall
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from tests.helpers import copy_reproduced, make_repo_copy, run
+from tests.helpers import ROOT, copy_reproduced, make_repo_copy, run
 
 # The Spark tests' JVMs (drivers, executors, a standalone master and workers) live for
 # seconds: the optimising JIT compiler and the parallel collector's threads cost them more
@@ -21,6 +22,17 @@ from tests.helpers import copy_reproduced, make_repo_copy, run
 # fifths and its wall time by a quarter (docs/testing.md); the bytes Spark writes do not
 # depend on either. An explicit JDK_JAVA_OPTIONS, even empty, is kept.
 os.environ.setdefault("JDK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the project's packages once, before any worker starts. The repository copies
+    take `__pycache__` along (`make_repo_copy`), so their stage processes load compiled
+    modules; where PYTHONDONTWRITEBYTECODE is set (CI images often set it), Python would
+    otherwise compile the library again in every process. py_compile writes regardless of
+    that variable, and an up-to-date module is left alone."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        for package in ("recsys", "stages"):
+            compileall.compile_dir(ROOT / package, quiet=1)
 
 
 @pytest.hookimpl(wrapper=True)
