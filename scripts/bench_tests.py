@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -178,6 +179,8 @@ def main() -> None:
     counted = sum(row["cpu"] for row in rows)
 
     print(f"== pytest -n {args.workers} --dist loadgroup on {cores} cores: {summary}")
+    build = ", ".join(platform.python_build())
+    print(f"python  {platform.python_version()} ({build}; {platform.python_compiler()})")
     print(f"wall {wall:8.1f} s")
     print(f"CPU  {total:8.1f} s   user {user:.1f} + system {system:.1f}, every process waited for")
     print(f"     {total / cores:8.1f} s   a perfect {cores}-core schedule's wall time: CPU / cores")
