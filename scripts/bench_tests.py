@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=max(2, cores), help="pytest-xdist workers")
     parser.add_argument("--top", type=int, default=15, help="modules and kinds to list")
     parser.add_argument("--slowest", type=int, default=8, help="tests to list")
+    parser.add_argument("--waiting", type=int, default=8, help="tests to list by wall - CPU")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest after --")
     args = parser.parse_args()
 
@@ -215,6 +216,11 @@ def main() -> None:
     print(f"\n{'CPU s':>8} {'wall s':>7}  slowest tests by CPU")
     for row in sorted(rows, key=lambda r: -r["cpu"])[: args.slowest]:
         print(f"{row['cpu']:8.1f} {row['wall']:7.1f}  {row['test']}")
+    # A worker that waits (a sleep, a retry's back-off, a daemon doing the work) leaves its
+    # core to the other worker only if that one has work: these are where the run can idle.
+    print(f"\n{'wait s':>8} {'wall s':>7}  tests waiting longest (wall - CPU counted)")
+    for row in sorted(rows, key=lambda r: r["cpu"] - r["wall"])[: args.waiting]:
+        print(f"{row['wall'] - row['cpu']:8.1f} {row['wall']:7.1f}  {row['test']}")
 
 
 if __name__ == "__main__":
