@@ -49,7 +49,7 @@ repro: setup
 	@echo "==> dvc repro: generate -> confidence -> matrix -> mask -> train -> evaluate -> export"
 	dvc repro
 
-# About 3 minutes on 2 cores: 634 tests in 157 to 201 s (`make bench-tests`, docs/testing.md), the
+# About 3 minutes on 2 cores: 634 tests in 170 to 201 s in fresh clones (docs/testing.md), the
 # Spark standalone cluster included (so it checks for Java first); the slow ones (Spark
 # local[2] checks, the two-day loop) are in test-all.
 test: java setup
