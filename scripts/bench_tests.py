@@ -87,6 +87,17 @@ def process_kind(argv: list[str]) -> str:
     return module
 
 
+def machine_ticks() -> tuple[int, int] | None:
+    """(busy, idle) clock ticks of the whole machine so far, from /proc/stat (Linux only):
+    what the run leaves idle, daemons it never waits for included in busy."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields[:8]) - idle, idle
+
+
 def _cpu() -> tuple[float, float]:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -151,11 +162,13 @@ def main() -> None:
                *args.pytest_args]  # fmt: skip
         reference_before = reference_cpu()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ticks_before = machine_ticks()
         started = time.time()
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ticks_after = machine_ticks()
         reference_after = reference_cpu()
         rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
         exits = (
@@ -187,17 +200,30 @@ def main() -> None:
     print(f"     {total / cores:8.1f} s   a perfect {cores}-core schedule's wall time: CPU / cores")
     print(f"     {wall / (total / cores):8.2f} x   measured wall against that bound")
     print(f"     {counted:8.1f} s   CPU counted per test ({counted / total:.0%} of the run)")
+    if ticks_before and ticks_after:
+        busy, idle = (a - b for a, b in zip(ticks_after, ticks_before, strict=True))
+        tick = os.sysconf("SC_CLK_TCK")
+        print(
+            f"     {busy / tick:8.1f} s   the machine's busy CPU over the run, every process "
+            f"included; idle {idle / (busy + idle):.0%} of the cores' time"
+        )
     reference = (reference_before + reference_after) / 2
     print(
         f"     {reference:8.2f} s   the machine's speed: a fixed Python loop took "
         f"{reference_before:.2f} s before the run and {reference_after:.2f} s after; "
         f"the run's CPU is {total / reference:.0f} of them"
     )
-    last: dict[str, float] = defaultdict(float)
+    last: dict[str, dict] = {}
     for row in rows:
-        last[row["worker"]] = max(last[row["worker"]], row["end"] - started)
-    ends = ", ".join(f"{end:.1f}" for end in sorted(last.values()))
+        if row["end"] > last.get(row["worker"], {"end": 0.0})["end"]:
+            last[row["worker"]] = row
+    ends = ", ".join(
+        f"{r['end'] - started:.1f}" for r in sorted(last.values(), key=lambda r: r["end"])
+    )
     print(f"     workers' last test ended at {ends} s (idle after that: the run's tail)")
+    final = max(last.values(), key=lambda r: r["end"], default=None)
+    if final:
+        print(f"     the last: {final['test']} ({final['wall']:.1f} s)")
     print(f"\n{'CPU s':>8} {'share':>6} {'tests':>6}  module (top {args.top})")
     for module, (cpu, count) in sorted(per_module.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"{cpu:8.1f} {cpu / total:6.1%} {int(count):6d}  {module}")

@@ -40,7 +40,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """For `make test` (pytest-xdist, `--dist loadgroup`): the tests of a module that share a
     module-scoped fixture go to one worker, so the fixture (a reproduced copy, a published
     remote, a queue run) is built once, not once per worker that picks up one of its tests;
-    and the tests driving dvc start first, so that the slowest do not start last.
+    and the tests marked `long` start first, then the rest driving dvc, so that the slowest
+    do not start last.
 
     pytest-xdist tells its scheduler about a group by appending `@group` to the test ids,
     which pytest 9.2 silently ignores (pytest-xdist#1386): every module fixture was then
@@ -52,7 +53,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         defs = fixtures.name2fixturedefs.values() if fixtures else []
         if any(d[-1].scope == "module" for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: item.get_closest_marker("dvc") is None)
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("long") is None,
+            item.get_closest_marker("dvc") is None,
+        )
+    )
     result = yield
     if os.environ.get("PYTEST_XDIST_WORKER") and config.getvalue("loadgroup"):
         lost = [

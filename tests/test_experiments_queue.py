@@ -16,7 +16,7 @@ import pytest
 from tests.documented import commands, is_the_experiments_recipe, run_block, runnable_blocks
 from tests.helpers import ROOT, copy_reproduced, run
 
-pytestmark = pytest.mark.dvc
+pytestmark = [pytest.mark.dvc, pytest.mark.long]
 
 RECIPE = "docs/experiments.md"
 

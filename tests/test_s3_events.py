@@ -13,7 +13,7 @@ from tests.helpers import SMALL_PARAMS, lock_outs, make_repo_copy, run, tool_env
 from tests.s3_server import S3Server
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
 
-pytestmark = [pytest.mark.s3, pytest.mark.dvc]
+pytestmark = [pytest.mark.s3, pytest.mark.dvc, pytest.mark.long]
 
 STAGES = ["generate", "confidence", "matrix", "mask", "train", "evaluate", "export"]
 PARAMS = {

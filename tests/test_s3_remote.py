@@ -24,7 +24,7 @@ from tests.helpers import copy_reproduced, recsys, run, tool_env
 from tests.s3_server import S3Server, private_s3_server, s3_dev
 from tests.s3_server import s3_server_fixture as s3_server_fixture  # noqa: F401
 
-pytestmark = [pytest.mark.s3, pytest.mark.dvc]
+pytestmark = [pytest.mark.s3, pytest.mark.dvc, pytest.mark.long]
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE_DIRS = ("data", "models", "metrics")

@@ -20,7 +20,7 @@ import pytest
 from recsys.io import load_npz, md5sum
 from tests.helpers import copy_reproduced, lock_outs, run, set_params
 
-pytestmark = pytest.mark.dvc
+pytestmark = [pytest.mark.dvc, pytest.mark.long]
 
 WORKERS = 2
 SMALL_SPARK_ALS = {
