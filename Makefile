@@ -5,12 +5,15 @@
 #   make docs    serve the docs site on http://127.0.0.1:8001 (mkdocs, live reload)
 #   make serve   the HTTP service over models/bundle (docs: Deploy)
 VENV ?= .venv
-# The interpreter the venv is made with: PYTHON if set; else the system's python3 if it is
-# 3.11 (the version requirements.txt is locked for), else python3 on PATH. Distribution
-# builds are compiled with profile-guided optimisation, and the test suite is mostly Python
-# starting up and running DVC: on 2 cores it used about a sixth less CPU than on a Python
-# built from source without --enable-optimizations (docs/testing.md, "The interpreter").
-PYTHON_CANDIDATES := $(or $(PYTHON),/usr/bin/python3 python3)
+# The interpreter the venv is made with: PYTHON if set; else, on Linux, the system's python3
+# if it is 3.11 (the version requirements.txt is locked for); else python3 on PATH.
+# Distribution builds are compiled with profile-guided optimisation, and the test suite is
+# mostly Python starting up and running DVC: on 2 cores it used about a sixth less CPU than
+# on a Python built from source without --enable-optimizations (docs/testing.md, "The
+# interpreter"). Not on macOS, where /usr/bin/python3 is a stub that may offer to install
+# the developer tools.
+SYSTEM_PYTHON := $(if $(filter Linux,$(shell uname -s 2>/dev/null)),/usr/bin/python3)
+PYTHON_CANDIDATES := $(or $(PYTHON),$(SYSTEM_PYTHON) python3)
 BIN := $(CURDIR)/$(VENV)/bin
 # Stages run as `python -m stages.X` through dvc: put the venv first so they find its packages.
 export PATH := $(BIN):$(PATH)
