@@ -23,7 +23,8 @@ _REQUIRED = object()
 
 
 # The last file text parsed and its params: a stage reads its sections one call at a time,
-# and parsing (twice, with the shape check) cost each stage process about 0.04 CPU-s per call.
+# and each call parsed the file twice (the shape check, then the load); evaluate made five
+# calls, 0.065 s of its 0.39 s under cProfile.
 _last_parsed: dict[str, dict[str, Any]] = {}
 
 

@@ -213,17 +213,12 @@ def main() -> None:
         f"{reference_before:.2f} s before the run and {reference_after:.2f} s after; "
         f"the run's CPU is {total / reference:.0f} of them"
     )
-    last: dict[str, dict] = {}
-    for row in rows:
-        if row["end"] > last.get(row["worker"], {"end": 0.0})["end"]:
-            last[row["worker"]] = row
-    ends = ", ".join(
-        f"{r['end'] - started:.1f}" for r in sorted(last.values(), key=lambda r: r["end"])
-    )
+    last = {row["worker"]: row for row in sorted(rows, key=lambda r: r["end"])}  # latest wins
+    lasts = sorted(last.values(), key=lambda r: r["end"])
+    ends = ", ".join(f"{r['end'] - started:.1f}" for r in lasts)
     print(f"     workers' last test ended at {ends} s (idle after that: the run's tail)")
-    final = max(last.values(), key=lambda r: r["end"], default=None)
-    if final:
-        print(f"     the last: {final['test']} ({final['wall']:.1f} s)")
+    if lasts:
+        print(f"     the last: {lasts[-1]['test']} ({lasts[-1]['wall']:.1f} s)")
     print(f"\n{'CPU s':>8} {'share':>6} {'tests':>6}  module (top {args.top})")
     for module, (cpu, count) in sorted(per_module.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"{cpu:8.1f} {cpu / total:6.1%} {int(count):6d}  {module}")

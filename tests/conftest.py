@@ -78,8 +78,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def dvc_site_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """DVC keeps state for each repository it runs in (its index, the experiment queue's
-    broker) in a site cache outside the repository, under /var/tmp/dvc unless told; each
+    """DVC keeps state for each repository it runs in (file hashes, link records, its data
+    index) in a site cache outside the repository, under /var/tmp/dvc unless told; each
     throw-away copy would leave an entry there. The run's own temp folder holds them instead
     (a test that needs its own still sets one)."""
     os.environ.setdefault(
