@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tests.helpers import tool_env
@@ -42,12 +43,17 @@ def run_block(block: str, repo: Path, source: str) -> dict[str, str]:
     for argv in commands(block):
         if argv[:1] == ["source"]:
             continue
-        proc = subprocess.run(
-            argv, cwd=repo, env=tool_env(), capture_output=True, text=True, timeout=400
-        )
+        # Output goes to files, not pipes, as on a terminal: a command that leaves a daemon
+        # behind (`dvc queue start`) returns at once instead of when the daemon closes the pipe.
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            code = subprocess.run(
+                argv, cwd=repo, env=tool_env(), stdout=out, stderr=err, timeout=400
+            ).returncode
+            out.seek(0), err.seek(0)
+            stdout, stderr = out.read(), err.read()
         shown = shlex.join(argv)
-        assert proc.returncode == 0, f"{source}: {shown}\n{proc.stdout}\n{proc.stderr}"
-        outputs[shown] = proc.stdout
+        assert code == 0, f"{source}: {shown}\n{stdout}\n{stderr}"
+        outputs[shown] = stdout
     return outputs
 
 
