@@ -45,6 +45,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -r requirements.txt
 	@echo "==> installing the recsys command (editable)"
 	@$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	@# implicit's compiled part links the system's GNU OpenMP runtime, which minimal images lack
+	@why=$$($(BIN)/python -c 'import implicit.cpu._als' 2>&1) || { \
+		echo "error: implicit does not load ($$(echo "$$why" | tail -1)); install the GNU OpenMP runtime: \
+	sudo apt-get install -y libgomp1 (libgomp on Amazon Linux and RHEL)" >&2; exit 2; }
 	@touch $@
 	@echo "==> $(VENV) ready: recsys --help lists the commands"
 
