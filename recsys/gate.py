@@ -193,6 +193,14 @@ def promote(stage: str) -> str:
         raise StageError(
             "dvc.lock: not committed; expected the challenger committed at HEAD before --promote"
         )
+    # GTO's tags are annotated, so git needs a tagger; without one GTO only says where to
+    # report a bug
+    ident = subprocess.run(["git", "var", "GIT_COMMITTER_IDENT"], capture_output=True, text=True)
+    if ident.returncode != 0:
+        raise StageError(
+            "git has no identity for the registry's tags; expected git config user.name and "
+            "user.email (or GIT_COMMITTER_NAME and GIT_COMMITTER_EMAIL)"
+        )
     proc = _tool(["gto", "assign", ARTIFACT, "HEAD", "--stage", stage])
     if proc.returncode != 0:
         raise StageError(f"gto assign {ARTIFACT} HEAD --stage {stage}: {_last_line(proc)}")

@@ -53,6 +53,7 @@ modprobe 9pnet_virtio; modprobe 9p
 mount -t 9p -o trans=virtio,version=9p2000.L share /mnt/share
 ip link set lo up
 hostname guest
+printf '127.0.0.1 localhost\n127.0.1.1 guest\n' >/etc/hosts
 export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
 bash /mnt/share/cmd.sh >/mnt/share/out.log 2>&1
 echo $? >/mnt/share/rc

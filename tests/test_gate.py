@@ -7,7 +7,6 @@ shop), the real gto and dvc CLIs; `pytest -k gate` selects them all."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +17,15 @@ import pytest
 from recsys.bundle import load_bundle
 from recsys.ids import load_ids
 from recsys.io import load_csr
-from tests.helpers import RECSYS, ROOT, copy_reproduced, make_repo_copy, run, set_params
+from tests.helpers import (
+    RECSYS,
+    ROOT,
+    copy_reproduced,
+    make_repo_copy,
+    run,
+    set_params,
+    tool_env,
+)
 
 pytestmark = pytest.mark.dvc
 
@@ -28,7 +35,7 @@ def gate(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [RECSYS, "gate", *args],
         cwd=repo,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**tool_env(), "PYTHONPATH": str(ROOT)},  # a git identity: no ~/.gitconfig needed
         capture_output=True,
         text=True,
         timeout=600,
@@ -153,6 +160,29 @@ def test_gate_promotes_with_gto_then_keeps_an_equal_challenger(
     run(["dvc", "remote", "add", "-f", "-d", "local", str(storage)], repo)
     run(["git", "commit", "-qam", "local remote"], repo)
     run(["dvc", "push"], repo)
+    # no git identity (none configured, none guessed from the host name): one line, no tag
+    anonymous = {
+        k: v for k, v in tool_env().items() if not k.startswith(("GIT_AUTHOR", "GIT_COMMITTER"))
+    }
+    anonymous |= {
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "user.useConfigOnly",
+        "GIT_CONFIG_VALUE_0": "true",
+        "PYTHONPATH": str(ROOT),
+    }
+    refused = subprocess.run(
+        [RECSYS, "gate", "--promote"], cwd=repo, env=anonymous, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr == (
+        "error: git has no identity for the registry's tags; expected git config user.name and "
+        "user.email (or GIT_COMMITTER_NAME and GIT_COMMITTER_EMAIL)\n"
+    )
+    assert run(["git", "tag"], repo).stdout == ""
     first = gate(repo, "--promote")
     assert first.returncode == 0, first.stdout + first.stderr
     assert "no version in prod yet" in first.stdout and "promoted recsys-bundle@v" in first.stdout
