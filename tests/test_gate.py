@@ -30,12 +30,15 @@ from tests.helpers import (
 pytestmark = pytest.mark.dvc
 
 
-def gate(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`recsys gate ARGS` in `repo`, as a user runs it."""
+def gate(
+    repo: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`recsys gate ARGS` in `repo`, as a user runs it (in `env`, else the tests' own, which
+    has a git identity: no ~/.gitconfig needed)."""
     return subprocess.run(
         [RECSYS, "gate", *args],
         cwd=repo,
-        env={**tool_env(), "PYTHONPATH": str(ROOT)},  # a git identity: no ~/.gitconfig needed
+        env={**(tool_env() if env is None else env), "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -171,12 +174,8 @@ def test_gate_promotes_with_gto_then_keeps_an_equal_challenger(
         "GIT_CONFIG_COUNT": "1",
         "GIT_CONFIG_KEY_0": "user.useConfigOnly",
         "GIT_CONFIG_VALUE_0": "true",
-        "PYTHONPATH": str(ROOT),
     }
-    refused = subprocess.run(
-        [RECSYS, "gate", "--promote"], cwd=repo, env=anonymous, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
+    refused = gate(repo, "--promote", env=anonymous)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert refused.stderr == (
         "error: git has no identity for the registry's tags; expected git config user.name and "
